@@ -1,0 +1,153 @@
+use bytes::{Bytes, BytesMut};
+use proptest::prelude::*;
+
+use crate::*;
+
+fn sample() -> Batch {
+    let mut b = BatchBuilder::new();
+    b.push(b"hello");
+    b.push(b"");
+    b.push(b"world!");
+    b.seal(EntryKind::Data, 7, 42, 1000, 1_700_000_000_000)
+}
+
+#[test]
+fn data_batch_round_trips() {
+    let batch = sample();
+    let again = Batch::decode(batch.as_bytes().clone()).unwrap();
+    assert_eq!(again, batch);
+    assert_eq!(again.term(), 7);
+    assert_eq!(again.index(), 42);
+    assert_eq!(again.kind(), EntryKind::Data);
+    assert_eq!(again.base_offset(), 1000);
+    assert_eq!(again.end_offset(), 1003);
+    assert_eq!(again.record_count(), 3);
+    assert_eq!(again.timestamp(), 1_700_000_000_000);
+    let recs: Vec<Bytes> = again.records().collect();
+    assert_eq!(
+        recs,
+        vec![
+            Bytes::from_static(b"hello"),
+            Bytes::new(),
+            Bytes::from_static(b"world!")
+        ]
+    );
+    assert_eq!(again.len(), HEADER_LEN + 3 * RECORD_PREFIX_LEN + 11);
+    assert_eq!(again.header().length as usize, again.len());
+}
+
+#[test]
+fn control_batch_has_no_records_and_keeps_next_offset() {
+    let c = Batch::control(EntryKind::Config, b"cfg-bytes", 3, 9, 55, 1);
+    let d = Batch::decode(c.as_bytes().clone()).unwrap();
+    assert_eq!(d.kind(), EntryKind::Config);
+    assert_eq!(d.record_count(), 0);
+    assert_eq!(d.base_offset(), 55);
+    assert_eq!(d.end_offset(), 55);
+    assert_eq!(&d.body()[..], b"cfg-bytes");
+    assert_eq!(d.records().count(), 0);
+}
+
+#[test]
+fn every_single_bit_flip_is_rejected() {
+    let bytes = sample().into_bytes();
+    for byte in 0..bytes.len() {
+        for bit in 0..8 {
+            let mut m = BytesMut::from(&bytes[..]);
+            m[byte] ^= 1 << bit;
+            assert!(
+                Batch::decode(m.freeze()).is_err(),
+                "flip of bit {bit} in byte {byte} went unnoticed"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_truncation_is_rejected() {
+    let bytes = sample().into_bytes();
+    for cut in 0..bytes.len() {
+        let err = Batch::decode(bytes.slice(..cut)).unwrap_err();
+        assert!(
+            matches!(err, FormatError::Truncated { .. }),
+            "cut at {cut}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn huge_length_field_is_rejected_without_allocation() {
+    let mut m = BytesMut::from(&sample().into_bytes()[..]);
+    m[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(
+        BatchHeader::parse(&m),
+        Err(FormatError::BadLength { .. })
+    ));
+    m[0..4].copy_from_slice(&3u32.to_le_bytes());
+    assert!(matches!(
+        BatchHeader::parse(&m),
+        Err(FormatError::BadLength { .. })
+    ));
+}
+
+#[test]
+fn record_count_beyond_body_is_rejected_by_the_header_check() {
+    let mut m = BytesMut::from(&sample().into_bytes()[..]);
+    m[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(
+        BatchHeader::parse(&m),
+        Err(FormatError::Records(_))
+    ));
+}
+
+#[test]
+fn control_entry_claiming_records_is_rejected() {
+    let mut m = BytesMut::from(&Batch::control(EntryKind::Noop, b"", 1, 1, 0, 0).into_bytes()[..]);
+    m[12..16].copy_from_slice(&1u32.to_le_bytes());
+    assert!(matches!(
+        BatchHeader::parse(&m),
+        Err(FormatError::ControlWithRecords { .. })
+    ));
+}
+
+#[test]
+fn decode_front_splits_a_stream() {
+    let a = sample();
+    let b = Batch::control(EntryKind::Noop, b"", 8, 43, 1003, 0);
+    let mut stream = BytesMut::new();
+    stream.extend_from_slice(a.as_bytes());
+    stream.extend_from_slice(b.as_bytes());
+    stream.extend_from_slice(&b.as_bytes()[..10]);
+    let mut s = stream.freeze();
+    assert_eq!(Batch::decode_front(&mut s).unwrap(), a);
+    assert_eq!(Batch::decode_front(&mut s).unwrap(), b);
+    let before = s.len();
+    assert!(Batch::decode_front(&mut s).is_err());
+    assert_eq!(s.len(), before, "a failed decode must not consume input");
+}
+
+proptest! {
+    #[test]
+    fn decode_never_panics_on_garbage(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = Batch::decode(Bytes::from(data.clone()));
+        let mut b = Bytes::from(data);
+        let _ = Batch::decode_front(&mut b);
+    }
+
+    #[test]
+    fn arbitrary_records_round_trip(
+        recs in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..16),
+        term in 1u64..u64::MAX, index in 1u64..u64::MAX, base in 0u64..(u64::MAX / 2), ts in any::<u64>(),
+    ) {
+        let mut b = BatchBuilder::new();
+        for r in &recs { b.push(r); }
+        let batch = b.seal(EntryKind::Data, term, index, base, ts);
+        let d = Batch::decode(batch.as_bytes().clone()).unwrap();
+        prop_assert_eq!(d.term(), term);
+        prop_assert_eq!(d.index(), index);
+        prop_assert_eq!(d.base_offset(), base);
+        prop_assert_eq!(d.timestamp(), ts);
+        let got: Vec<Vec<u8>> = d.records().map(|r| r.to_vec()).collect();
+        prop_assert_eq!(got, recs);
+    }
+}
