@@ -1,0 +1,345 @@
+//! The raft log as the core sees it: the durable part read through
+//! [`Storage`], and the part not yet reported durable kept in memory.
+//!
+//! Invariants (checked in debug builds, relied on everywhere):
+//! - `unstable` holds exactly the entries `persisted + 1 ..= last_index()`;
+//!   everything at or below `persisted` is readable from storage.
+//! - `handed_out <= last_index()`: entries above it have not yet been given
+//!   to the driver to persist.
+//! - `applied <= committed`, and `applied <= persisted` (a node applies only
+//!   what it holds durably).
+//! - terms never decrease along the log, so searches by term are binary.
+
+use std::collections::VecDeque;
+
+use crate::Entry;
+use crate::error::StorageError;
+use crate::storage::Storage;
+use crate::types::{Index, Term};
+
+pub(crate) struct RaftLog<S> {
+    pub(crate) storage: S,
+    unstable: VecDeque<Entry>,
+    persisted: Index,
+    handed_out: Index,
+    /// (persist id, last index after that write), oldest first.
+    pending: VecDeque<(u64, Index)>,
+    pub(crate) committed: Index,
+    pub(crate) applied: Index,
+    /// The user offset the next data record will take.
+    next_offset: u64,
+    last_term: Term,
+}
+
+impl<S: Storage> RaftLog<S> {
+    /// Opens the log over what storage holds. Everything in storage is taken
+    /// as durable: the driver restores from what survived.
+    pub(crate) fn new(storage: S, applied: Index) -> Result<Self, StorageError> {
+        let last = storage.last_index();
+        let first = storage.first_index();
+        let last_term = storage.term(last)?;
+        let next_offset = if last >= first {
+            storage
+                .entries(last, last + 1, u64::MAX)?
+                .first()
+                .map(|e| e.end_offset())
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        let snapshot_index = first - 1;
+        let committed = applied.max(snapshot_index).min(last);
+        Ok(RaftLog {
+            storage,
+            unstable: VecDeque::new(),
+            persisted: last,
+            handed_out: last,
+            pending: VecDeque::new(),
+            committed,
+            applied: committed,
+            next_offset,
+            last_term,
+        })
+    }
+
+    pub(crate) fn first_index(&self) -> Index {
+        self.storage.first_index()
+    }
+
+    pub(crate) fn last_index(&self) -> Index {
+        self.persisted + self.unstable.len() as Index
+    }
+
+    pub(crate) fn last_term(&self) -> Term {
+        self.last_term
+    }
+
+    pub(crate) fn persisted(&self) -> Index {
+        self.persisted
+    }
+
+    pub(crate) fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    /// Whether a persistence notification is outstanding or entries await
+    /// being handed out.
+    pub(crate) fn has_unhanded(&self) -> bool {
+        self.handed_out < self.last_index()
+    }
+
+    pub(crate) fn last_pending_id(&self) -> Option<u64> {
+        self.pending.back().map(|p| p.0)
+    }
+
+    pub(crate) fn term(&self, index: Index) -> Result<Term, StorageError> {
+        if index > self.persisted {
+            return match self.unstable.get((index - self.persisted - 1) as usize) {
+                Some(e) => Ok(e.term()),
+                None => Err(StorageError::Unavailable(index)),
+            };
+        }
+        if index == 0 {
+            return Ok(0);
+        }
+        self.storage.term(index)
+    }
+
+    pub(crate) fn match_term(&self, index: Index, term: Term) -> bool {
+        self.term(index).map(|t| t == term).unwrap_or(false)
+    }
+
+    /// Raft §5.4.1: a candidate's log is at least as up to date as ours.
+    pub(crate) fn is_up_to_date(&self, last_index: Index, last_term: Term) -> bool {
+        last_term > self.last_term
+            || (last_term == self.last_term && last_index >= self.last_index())
+    }
+
+    /// Entries `lo..hi`, at most `max_bytes` (at least one).
+    pub(crate) fn slice(
+        &self,
+        lo: Index,
+        hi: Index,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        if lo >= hi {
+            return Ok(Vec::new());
+        }
+        if hi > self.last_index() + 1 {
+            return Err(StorageError::Unavailable(hi - 1));
+        }
+        let mut out = Vec::new();
+        let mut used = 0u64;
+        if lo <= self.persisted {
+            let stable_hi = hi.min(self.persisted + 1);
+            out = self.storage.entries(lo, stable_hi, max_bytes)?;
+            if (out.len() as u64) < stable_hi - lo {
+                return Ok(out); // the byte budget ran out in storage
+            }
+            used = out.iter().map(|e| e.len() as u64).sum();
+            if hi <= self.persisted + 1 {
+                return Ok(out);
+            }
+        }
+        let from = (lo.max(self.persisted + 1) - self.persisted - 1) as usize;
+        let to = (hi - self.persisted - 1) as usize;
+        for e in self.unstable.range(from..to) {
+            if !out.is_empty() && used + e.len() as u64 > max_bytes {
+                break;
+            }
+            used += e.len() as u64;
+            out.push(e.clone());
+        }
+        Ok(out)
+    }
+
+    /// Appends an entry the leader just created.
+    pub(crate) fn append_new(&mut self, entry: Entry) {
+        debug_assert_eq!(entry.index(), self.last_index() + 1);
+        self.last_term = entry.term();
+        self.next_offset = entry.end_offset();
+        self.unstable.push_back(entry);
+    }
+
+    /// Follower side of AppendEntries once `prev` matched: skips entries we
+    /// already hold, truncates at the first conflict and appends the rest.
+    /// Returns the first index that was (re)written, if any.
+    pub(crate) fn append_from_leader(&mut self, entries: &[Entry]) -> Option<Index> {
+        let pos = entries
+            .iter()
+            .position(|e| !self.match_term(e.index(), e.term()))?;
+        let first = entries[pos].index();
+        self.truncate_from(first);
+        for e in &entries[pos..] {
+            self.append_new(e.clone());
+        }
+        Some(first)
+    }
+
+    /// Drops every entry at or after `index` (never committed ones).
+    fn truncate_from(&mut self, index: Index) {
+        debug_assert!(index > self.committed, "truncating committed entry {index}");
+        // Writes still in flight made entries from `index` on durable, but
+        // they are no longer ours: their completion may vouch only for the
+        // prefix before the cut.
+        for p in self.pending.iter_mut() {
+            p.1 = p.1.min(index - 1);
+        }
+        if index <= self.persisted {
+            self.unstable.clear();
+            self.persisted = index - 1;
+        } else {
+            self.unstable
+                .truncate((index - self.persisted - 1) as usize);
+        }
+        self.handed_out = self.handed_out.min(index - 1);
+        // The caller appends at least one entry right away, which resets
+        // `last_term` and `next_offset`; keep them right meanwhile anyway.
+        self.last_term = self.term(index - 1).unwrap_or(0);
+    }
+
+    /// Entries not yet handed to the driver, marking them handed out.
+    pub(crate) fn take_unhanded(&mut self) -> Vec<Entry> {
+        let last = self.last_index();
+        if self.handed_out >= last {
+            return Vec::new();
+        }
+        let from = (self.handed_out - self.persisted) as usize;
+        let out: Vec<Entry> = self.unstable.range(from..).cloned().collect();
+        self.handed_out = last;
+        out
+    }
+
+    /// Remembers that persist id `id` covers the log as it is now.
+    pub(crate) fn record_persist(&mut self, id: u64) {
+        self.pending.push_back((id, self.last_index()));
+    }
+
+    /// Storage reports every write up to persist id `id` durable. Returns the
+    /// new persisted index.
+    pub(crate) fn on_persisted(&mut self, id: u64) -> Index {
+        let mut upto = None;
+        while let Some(&(pid, last)) = self.pending.front() {
+            if pid > id {
+                break;
+            }
+            self.pending.pop_front();
+            upto = Some(last);
+        }
+        if let Some(last) = upto {
+            debug_assert!(last >= self.persisted, "persisted index moved back");
+            if last > self.persisted {
+                let n = (last - self.persisted) as usize;
+                self.unstable.drain(..n.min(self.unstable.len()));
+                self.persisted = last;
+            }
+        }
+        self.persisted
+    }
+
+    pub(crate) fn commit_to(&mut self, index: Index) -> bool {
+        let index = index.min(self.last_index());
+        if index > self.committed {
+            self.committed = index;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Committed entries that are durable here and not yet handed out for
+    /// applying, at most `max_bytes` (at least one); marks them applied.
+    pub(crate) fn take_committed(&mut self, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+        let hi = self.committed.min(self.persisted);
+        if self.applied >= hi {
+            return Ok(Vec::new());
+        }
+        let out = self.slice(self.applied + 1, hi + 1, max_bytes)?;
+        self.applied += out.len() as Index;
+        Ok(out)
+    }
+
+    pub(crate) fn has_committed_to_apply(&self) -> bool {
+        self.applied < self.committed.min(self.persisted)
+    }
+
+    /// First index `>= lo` whose term is at least `term` (terms never
+    /// decrease along the log), searching `lo..=hi`.
+    pub(crate) fn first_with_term_at_least(&self, term: Term, lo: Index, hi: Index) -> Index {
+        let (mut lo, mut hi) = (lo, hi);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.term(mid) {
+                Ok(t) if t >= term => hi = mid,
+                Ok(_) => lo = mid + 1,
+                Err(_) => lo = mid + 1,
+            }
+        }
+        lo
+    }
+
+    /// Last index in `lo..=hi` whose term is at most `term`, if any.
+    pub(crate) fn last_with_term_at_most(&self, term: Term, lo: Index, hi: Index) -> Option<Index> {
+        let first_above = self.first_with_term_at_least(term + 1, lo, hi + 1);
+        if first_above > lo {
+            Some(first_above - 1)
+        } else {
+            None
+        }
+    }
+
+    /// Validates entries a leader sent: contiguous after `prev_index`, terms
+    /// not decreasing and not above the message's term.
+    pub(crate) fn check_incoming(
+        prev_index: Index,
+        prev_term: Term,
+        msg_term: Term,
+        entries: &[Entry],
+    ) -> Result<(), String> {
+        let mut term = prev_term;
+        let mut offset: Option<u64> = None;
+        for (i, e) in entries.iter().enumerate() {
+            let expect = prev_index
+                .checked_add(i as u64 + 1)
+                .ok_or_else(|| "entry indexes overflow".to_string())?;
+            if e.index() != expect {
+                return Err(format!(
+                    "entry index {} where {} was expected",
+                    e.index(),
+                    expect
+                ));
+            }
+            if e.term() < term || e.term() > msg_term {
+                return Err(format!(
+                    "entry {} has term {} out of order",
+                    e.index(),
+                    e.term()
+                ));
+            }
+            if let Some(o) = offset {
+                if e.base_offset() != o {
+                    return Err(format!(
+                        "entry {} starts at offset {} where {} was expected",
+                        e.index(),
+                        e.base_offset(),
+                        o
+                    ));
+                }
+            }
+            offset = Some(e.end_offset());
+            term = e.term();
+        }
+        Ok(())
+    }
+
+    #[cfg(debug_assertions)]
+    pub(crate) fn check_invariants(&self) {
+        debug_assert!(self.handed_out <= self.last_index());
+        debug_assert!(self.applied <= self.committed);
+        debug_assert!(self.applied <= self.persisted);
+        debug_assert!(self.committed <= self.last_index());
+        if let Some(e) = self.unstable.front() {
+            debug_assert_eq!(e.index(), self.persisted + 1);
+        }
+    }
+}

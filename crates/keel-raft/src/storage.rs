@@ -1,0 +1,120 @@
+//! The read side of the log the raft core runs on.
+//!
+//! The core never writes storage itself: it hands entries and hard state to
+//! the driver in a [`Ready`](crate::Ready) and learns, through
+//! [`Raft::on_persisted`](crate::Raft::on_persisted), when they are durable.
+//! It reads entries it no longer holds in memory through this trait.
+//!
+//! To ensure correctness an implementation must:
+//! - make every entry of a Ready readable before the driver reports that
+//!   Ready persisted, and apply writes in the order the Readies were issued;
+//! - treat a Ready whose first entry has index `i <= last_index()` as
+//!   "truncate everything from `i`, then append";
+//! - answer `term(first_index() - 1)` (the entry a snapshot replaced, or 0).
+
+use crate::Entry;
+use crate::error::StorageError;
+use crate::types::{Index, Term};
+
+pub trait Storage {
+    /// Index of the first entry held (entries before it are in a snapshot).
+    fn first_index(&self) -> Index;
+    /// Index of the last entry held (`first_index() - 1` when empty).
+    fn last_index(&self) -> Index;
+    /// Term of the entry at `index`, for `first_index() - 1 ..= last_index()`.
+    fn term(&self, index: Index) -> Result<Term, StorageError>;
+    /// Entries in `lo..hi`, stopping once `max_bytes` would be exceeded but
+    /// always at least one when `lo < hi`.
+    fn entries(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError>;
+}
+
+/// Entries kept in memory: for tests, the simulator and benchmarks.
+#[derive(Debug, Clone, Default)]
+pub struct MemStorage {
+    /// Index and term of the entry before `entries[0]` (snapshot point).
+    base_index: Index,
+    base_term: Term,
+    entries: Vec<Entry>,
+}
+
+impl MemStorage {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies a Ready's entries: truncate from the first one, then append.
+    pub fn append(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else { return };
+        let keep = first.index().saturating_sub(self.base_index + 1) as usize;
+        self.entries.truncate(keep.min(self.entries.len()));
+        debug_assert_eq!(
+            self.base_index + self.entries.len() as u64 + 1,
+            first.index()
+        );
+        self.entries.extend_from_slice(entries);
+    }
+
+    /// Drops entries up to and including `index` (they are in a snapshot).
+    pub fn compact(&mut self, index: Index) -> Result<(), StorageError> {
+        if index <= self.base_index {
+            return Ok(());
+        }
+        let term = self.term(index)?;
+        let drop = (index - self.base_index) as usize;
+        self.entries.drain(..drop.min(self.entries.len()));
+        self.base_index = index;
+        self.base_term = term;
+        Ok(())
+    }
+
+    /// Every entry held, in order.
+    pub fn all(&self) -> &[Entry] {
+        &self.entries
+    }
+}
+
+impl Storage for MemStorage {
+    fn first_index(&self) -> Index {
+        self.base_index + 1
+    }
+    fn last_index(&self) -> Index {
+        self.base_index + self.entries.len() as u64
+    }
+    fn term(&self, index: Index) -> Result<Term, StorageError> {
+        if index == self.base_index {
+            return Ok(self.base_term);
+        }
+        if index < self.base_index {
+            return Err(StorageError::Compacted(index));
+        }
+        self.entries
+            .get((index - self.base_index - 1) as usize)
+            .map(|e| e.term())
+            .ok_or(StorageError::Unavailable(index))
+    }
+    fn entries(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+        if lo <= self.base_index {
+            return Err(StorageError::Compacted(lo));
+        }
+        if hi > self.last_index() + 1 {
+            return Err(StorageError::Unavailable(hi - 1));
+        }
+        let start = (lo - self.base_index - 1) as usize;
+        let end = (hi - self.base_index - 1) as usize;
+        Ok(take_within(&self.entries[start..end], max_bytes))
+    }
+}
+
+/// Clones a prefix of `entries` that fits in `max_bytes`, at least one entry.
+pub(crate) fn take_within(entries: &[Entry], max_bytes: u64) -> Vec<Entry> {
+    let mut total = 0u64;
+    let mut n = 0;
+    for e in entries {
+        total += e.len() as u64;
+        if n > 0 && total > max_bytes {
+            break;
+        }
+        n += 1;
+    }
+    entries[..n].to_vec()
+}

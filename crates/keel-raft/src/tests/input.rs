@@ -1,0 +1,271 @@
+//! Input from outside never panics and never corrupts state: wrong groups,
+//! stale or future terms, indexes past the log, entries that do not connect,
+//! and random message storms.
+
+use proptest::prelude::*;
+
+use super::harness::*;
+use crate::*;
+
+#[test]
+fn a_message_for_another_group_is_refused_untouched() {
+    let mut r = raft_with_log(1, 3, &[1], 1, |_| {});
+    let before = r.status();
+    let mut m = msg(
+        2,
+        1,
+        9,
+        MessageBody::Heartbeat {
+            commit: 1,
+            read_seq: 0,
+        },
+    );
+    m.group = 77;
+    assert_eq!(
+        r.step(m),
+        Err(Error::WrongGroup {
+            expected: 1,
+            got: 77
+        })
+    );
+    assert_eq!(r.status(), before);
+}
+
+#[test]
+fn misaddressed_messages_are_refused() {
+    let mut r = raft_with_log(1, 3, &[1], 1, |_| {});
+    let before = r.status();
+    for (from, to) in [(0, 1), (1, 1), (2, 3)] {
+        let m = msg(
+            from,
+            to,
+            5,
+            MessageBody::Heartbeat {
+                commit: 1,
+                read_seq: 0,
+            },
+        );
+        assert!(matches!(r.step(m), Err(Error::InvalidMessage { .. })));
+    }
+    assert_eq!(r.status(), before);
+}
+
+#[test]
+fn entries_that_do_not_connect_are_refused_untouched() {
+    let bad: Vec<Vec<Entry>> = vec![
+        vec![entry(1, 3, 1, b"gap")],                          // index jumps
+        vec![entry(1, 2, 1, b"a"), entry(1, 4, 2, b"b")],      // hole inside
+        vec![entry(3, 2, 1, b"future")],                       // term above message
+        vec![entry(1, 2, 1, b"a"), entry(0, 3, 2, b"b")],      // term goes back
+        vec![entry(1, 2, 1, b"a"), entry(1, 3, 9, b"offset")], // offsets not dense
+    ];
+    for (i, entries) in bad.into_iter().enumerate() {
+        let mut r = raft_with_log(1, 3, &[1], 2, |_| {});
+        let before = r.status();
+        let m = msg(
+            2,
+            1,
+            2,
+            MessageBody::Append(Append {
+                prev_index: 1,
+                prev_term: 1,
+                commit: 0,
+                entries,
+            }),
+        );
+        assert!(
+            matches!(r.step(m), Err(Error::InvalidMessage { .. })),
+            "case {i}"
+        );
+        let after = r.status();
+        assert_eq!(
+            (after.last_index, after.commit),
+            (before.last_index, before.commit),
+            "case {i}"
+        );
+    }
+}
+
+#[test]
+fn an_append_far_past_the_log_is_rejected_with_a_hint() {
+    let mut r = raft_with_log(1, 3, &[1, 1], 1, |_| {});
+    let m = msg(
+        2,
+        1,
+        1,
+        MessageBody::Append(Append {
+            prev_index: u64::MAX - 1,
+            prev_term: 1,
+            commit: u64::MAX,
+            entries: vec![],
+        }),
+    );
+    r.step(m).unwrap();
+    let out = drain(&mut r);
+    assert_eq!(
+        out[0].body,
+        MessageBody::AppendResponse(AppendResponse {
+            index: u64::MAX - 1,
+            reject: Some(RejectHint::LogEnds { last_index: 2 })
+        })
+    );
+    assert_eq!(r.status().commit, 0);
+}
+
+#[test]
+fn an_acknowledgement_beyond_the_leaders_log_is_refused() {
+    let mut r = raft_with_log(1, 3, &[], 0, |_| {});
+    make_leader(&mut r);
+    let t = r.term();
+    let m = msg(
+        2,
+        1,
+        t,
+        MessageBody::AppendResponse(AppendResponse {
+            index: 50,
+            reject: None,
+        }),
+    );
+    assert!(matches!(r.step(m), Err(Error::InvalidMessage { .. })));
+    assert_eq!(r.status().commit, 0);
+}
+
+#[test]
+fn a_second_leader_in_the_same_term_is_reported() {
+    let mut r = raft_with_log(1, 3, &[], 0, |_| {});
+    make_leader(&mut r);
+    let t = r.term();
+    let m = msg(
+        2,
+        1,
+        t,
+        MessageBody::Heartbeat {
+            commit: 0,
+            read_seq: 0,
+        },
+    );
+    assert!(matches!(r.step(m), Err(Error::InvalidMessage { .. })));
+    assert_eq!(r.role(), Role::Leader);
+}
+
+fn arb_index() -> impl Strategy<Value = Index> + Clone {
+    prop_oneof![8 => 0u64..12, 1 => (u64::MAX - 3)..=u64::MAX]
+}
+
+fn arb_body() -> impl Strategy<Value = MessageBody> {
+    let idx = arb_index();
+    let term = 0u64..6;
+    prop_oneof![
+        (
+            idx.clone(),
+            term.clone(),
+            idx.clone(),
+            proptest::collection::vec(term.clone(), 0..4)
+        )
+            .prop_map(|(prev_index, prev_term, commit, ts)| {
+                let mut t = prev_term;
+                let entries = ts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, dt)| {
+                        t += dt % 2;
+                        entry(
+                            t,
+                            prev_index.wrapping_add(1 + i as u64).max(1),
+                            i as u64,
+                            b"p",
+                        )
+                    })
+                    .collect();
+                MessageBody::Append(Append {
+                    prev_index,
+                    prev_term,
+                    commit,
+                    entries,
+                })
+            }),
+        (idx.clone(), any::<bool>(), idx.clone(), term.clone()).prop_map(
+            |(index, rej, hint, t)| {
+                MessageBody::AppendResponse(AppendResponse {
+                    index,
+                    reject: rej.then_some(if t % 2 == 0 {
+                        RejectHint::LogEnds { last_index: hint }
+                    } else {
+                        RejectHint::Conflict {
+                            term: t,
+                            first_index: hint,
+                        }
+                    }),
+                })
+            }
+        ),
+        (idx.clone(), 0u64..5)
+            .prop_map(|(commit, read_seq)| MessageBody::Heartbeat { commit, read_seq }),
+        (0u64..5).prop_map(|read_seq| MessageBody::HeartbeatResponse { read_seq }),
+        (any::<bool>(), idx.clone(), term.clone(), any::<bool>()).prop_map(
+            |(pre, last_index, last_term, transfer)| {
+                MessageBody::Vote(VoteRequest {
+                    pre,
+                    last_index,
+                    last_term,
+                    transfer,
+                })
+            }
+        ),
+        (any::<bool>(), any::<bool>())
+            .prop_map(|(pre, granted)| MessageBody::VoteResponse { pre, granted }),
+        Just(MessageBody::TimeoutNow),
+        (0u64..4).prop_map(|ctx| MessageBody::ReadIndex { ctx }),
+        (0u64..4, proptest::option::of(idx))
+            .prop_map(|(ctx, index)| MessageBody::ReadIndexResponse { ctx, index }),
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Msg(NodeId, Term, MessageBody),
+    Tick,
+    Propose,
+    Read,
+}
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (2u64..4, 0u64..6, arb_body()).prop_map(|(f, t, b)| Op::Msg(f, t, b)),
+        2 => Just(Op::Tick),
+        1 => Just(Op::Propose),
+        1 => Just(Op::Read),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Whatever peers send, the node never panics, its committed prefix never
+    /// changes, its term and commit never go back, and the log invariants
+    /// (checked inside `ready` in debug builds) hold.
+    #[test]
+    fn message_storms_never_panic_or_rewrite_committed_entries(ops in proptest::collection::vec(arb_op(), 1..120)) {
+        let mut r = raft_with_log(1, 3, &[1, 1, 2], 2, |_| {});
+        let mut committed: Vec<Entry> = Vec::new();
+        let mut term = r.term();
+        let mut commit = r.status().commit;
+        for op in ops {
+            match op {
+                Op::Msg(from, t, body) => { let _ = r.step(msg(from, 1, t, body)); }
+                Op::Tick => r.tick(),
+                Op::Propose => { let _ = r.propose(BatchBuilder::single(b"c"), 0); }
+                Op::Read => { let _ = r.read_index(1); }
+            }
+            drain(&mut r);
+            let st = r.status();
+            prop_assert!(st.term >= term);
+            prop_assert!(st.commit >= commit);
+            term = st.term;
+            commit = st.commit;
+            let now: Vec<Entry> = r.storage().all().iter().take(st.commit.min(st.persisted) as usize).cloned().collect();
+            prop_assert_eq!(&now[..committed.len().min(now.len())], &committed[..committed.len().min(now.len())]);
+            if now.len() > committed.len() { committed = now; }
+        }
+    }
+}
