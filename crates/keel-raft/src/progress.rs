@@ -139,7 +139,15 @@ impl Progress {
                 if rejected.checked_add(1) != Some(self.next) {
                     return false;
                 }
-                self.next = hint_next.clamp(self.matched + 1, rejected.max(self.matched + 1));
+                let next = hint_next.clamp(self.matched + 1, rejected.max(self.matched + 1));
+                if next == self.next {
+                    // The follower refuses even what it acknowledged (it lost
+                    // durable data): retrying at once would spin, and every
+                    // duplicated rejection would fork another loop. Stay
+                    // paused; the next heartbeat response re-probes.
+                    return false;
+                }
+                self.next = next;
                 self.probe_sent = false;
                 true
             }
@@ -205,5 +213,11 @@ mod tests {
         );
         assert!(p.maybe_decrease(10, 3));
         assert_eq!(p.next, 10, "never below match + 1");
+        p.probe_sent = true;
+        assert!(
+            !p.maybe_decrease(9, 3),
+            "a rejection that cannot move next must not re-probe at once"
+        );
+        assert!(p.probe_sent);
     }
 }
