@@ -412,15 +412,21 @@ impl Writer {
     /// Deletes later segments and cuts the remaining one, durably and in an
     /// order that leaves a valid log at every crash point.
     fn truncate(&mut self, plan: &TruncatePlan) -> Result<(), Failure> {
+        // Index files first: at no crash point may the last remaining
+        // segment carry one (that would mean its successor went missing).
         if plan.cut_was_sealed {
             self.remove(self.idx_path(plan.cut_first))?;
+        }
+        for &first in &plan.remove {
+            self.remove(self.idx_path(first))?;
+        }
+        if self.dir_dirty {
             self.sync_dir()?;
         }
         for &first in &plan.remove {
             // Highest first, each durable before the next, so that a crash
             // leaves a contiguous prefix.
             self.remove(self.seg_path(first))?;
-            self.remove(self.idx_path(first))?;
             self.sync_dir()?;
         }
         let file = if plan.cut_sid == self.active.sid {
@@ -661,14 +667,18 @@ impl Writer {
                 .filter(|&(o, _)| o == k)
                 .map(|(_, c)| c)
                 .collect();
+            if !created.is_empty() {
+                // The operation sealed `first` (and maybe some it created);
+                // `first` becomes the last segment again, so index files go
+                // before the segments.
+                self.remove(self.idx_path(*first))?;
+                for &c in &created {
+                    self.remove(self.idx_path(c))?;
+                }
+                self.sync_dir()?;
+            }
             for &c in created.iter().rev() {
                 self.remove(self.seg_path(c))?;
-            }
-            if !created.is_empty() {
-                // The operation sealed `first`; it is active again.
-                self.remove(self.idx_path(*first))?;
-            }
-            if self.dir_dirty {
                 self.sync_dir()?;
             }
             let path = self.seg_path(*first);
