@@ -43,6 +43,9 @@ pub struct RecoveryReport {
     pub hard_state: HardState,
     /// Set when the last segment ended in a torn write that was cut off.
     pub torn_tail: Option<TornTail>,
+    /// Zero bytes after the data of the last segment (space preallocated
+    /// by a store that did not close cleanly), cut off. Not a torn write.
+    pub zero_tail_bytes: u64,
     /// Segments whose data was read in full (the last one, and sealed ones
     /// without a usable index file).
     pub scanned: Vec<PathBuf>,
@@ -307,7 +310,12 @@ pub(crate) fn recover(
                         format!("{reason} (in a sealed segment, so not a torn write)"),
                     ));
                 }
-                if let Some(at) = segment::find_valid_batch_after(&*file, len, pos)
+                if segment::is_zero_from(&*file, len, pos).map_err(io_err("read", &path))? {
+                    info!(file = %path.display(), offset = pos, bytes = len - pos, "cutting the unwritten preallocated tail of the last segment");
+                    file.set_len(pos).map_err(io_err("truncate", &path))?;
+                    file.sync_data().map_err(io_err("fsync", &path))?;
+                    report.zero_tail_bytes = len - pos;
+                } else if let Some(at) = segment::find_valid_batch_after(&*file, len, pos)
                     .map_err(io_err("read", &path))?
                 {
                     return Err(LogError::corrupt(
@@ -317,22 +325,23 @@ pub(crate) fn recover(
                             "{reason}; a valid batch follows at byte {at}, so this is not a torn write"
                         ),
                     ));
+                } else {
+                    warn!(
+                        file = %path.display(),
+                        offset = pos,
+                        bytes_cut = len - pos,
+                        %reason,
+                        "torn tail: cutting the last segment back to its last valid batch"
+                    );
+                    file.set_len(pos).map_err(io_err("truncate", &path))?;
+                    file.sync_data().map_err(io_err("fsync", &path))?;
+                    report.torn_tail = Some(TornTail {
+                        file: path.clone(),
+                        offset: pos,
+                        bytes: len - pos,
+                        reason,
+                    });
                 }
-                warn!(
-                    file = %path.display(),
-                    offset = pos,
-                    bytes_cut = len - pos,
-                    %reason,
-                    "torn tail: cutting the last segment back to its last valid batch"
-                );
-                file.set_len(pos).map_err(io_err("truncate", &path))?;
-                file.sync_data().map_err(io_err("fsync", &path))?;
-                report.torn_tail = Some(TornTail {
-                    file: path.clone(),
-                    offset: pos,
-                    bytes: len - pos,
-                    reason,
-                });
             }
         }
         if !is_last && s.pos.is_empty() {

@@ -245,6 +245,25 @@ pub(crate) fn check_order(
     Ok(())
 }
 
+/// True if every byte from `from` to `len` is zero: space the writer
+/// preallocated and never wrote, not a torn write.
+pub(crate) fn is_zero_from(file: &dyn FsFile, len: u64, from: u64) -> std::io::Result<bool> {
+    let mut chunk = vec![0u8; CHUNK.min(len.saturating_sub(from) as usize)];
+    let mut at = from;
+    while at < len {
+        let want = ((len - at) as usize).min(chunk.len());
+        let got = read_full_at(file, &mut chunk[..want], at)?;
+        if got == 0 {
+            break;
+        }
+        if chunk[..got].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += got as u64;
+    }
+    Ok(true)
+}
+
 /// Looks for any valid batch (checksum and all) starting after `from`.
 /// Used to tell a torn tail (nothing valid after the damage) from corruption
 /// in the middle of the data. Reads in bounded chunks; allocates at most one

@@ -173,6 +173,7 @@ impl LogStore {
                 LogError::io("open", dir, std::io::Error::other("no active segment"))
             })?,
             len: a.end_pos,
+            cap: a.end_pos,
         };
         let last = rec.index.last_index;
         let state = State {

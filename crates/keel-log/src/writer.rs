@@ -83,8 +83,17 @@ pub(crate) struct Active {
     pub sid: u64,
     pub first: u64,
     pub file: Arc<dyn FsFile>,
+    /// Bytes of data.
     pub len: u64,
+    /// The file's size: data plus preallocated (zero) space after it.
+    pub cap: u64,
 }
+
+/// The active segment is extended ahead of the data in steps of this size,
+/// so that most fdatasyncs do not have to persist a new file size (about a
+/// third cheaper on ext4). Recovery cuts the zero tail; sealing and closing
+/// trim it.
+const PREALLOCATE: u64 = 8 << 20;
 
 struct Failure {
     error: LogError,
@@ -178,6 +187,44 @@ impl Writer {
         while let Some(ops) = self.take() {
             self.round(ops);
         }
+        // Clean shutdown: leave the active segment without its zero tail.
+        if self.sh.failure().is_none() && self.active.cap > self.active.len {
+            let trimmed = self
+                .active
+                .file
+                .set_len(self.active.len)
+                .and_then(|()| self.active.file.sync_data());
+            if let Err(e) = trimmed {
+                warn!(error = %e, "could not trim the active segment on close; open will");
+            }
+        }
+    }
+
+    /// Makes room for the data to end at `end` without growing the file
+    /// size at every write.
+    fn preallocate(&mut self, end: u64) -> io::Result<()> {
+        if end <= self.active.cap {
+            return Ok(());
+        }
+        let target = (self.active.cap + PREALLOCATE)
+            .min(self.sh.opts.segment_bytes)
+            .max(end);
+        self.active.file.set_len(target)?;
+        self.active.cap = target;
+        Ok(())
+    }
+
+    /// Cuts the preallocated space off the active segment (before sealing).
+    fn trim(&mut self) -> Result<(), Failure> {
+        if self.active.cap > self.active.len {
+            self.active
+                .file
+                .set_len(self.active.len)
+                .map_err(|e| Failure::fatal("truncate", self.seg_path(self.active.first), e))?;
+            self.active.cap = self.active.len;
+            self.active_dirty = true;
+        }
+        Ok(())
     }
 
     fn seg_path(&self, first: u64) -> PathBuf {
@@ -318,6 +365,16 @@ impl Writer {
         if run.iov.is_empty() {
             return Ok(());
         }
+        if let Err(e) = self.preallocate(run.start + run.len) {
+            let op = run.op_starts.first().map_or(0, |&(op, _)| op);
+            run.iov.clear();
+            run.op_starts.clear();
+            run.len = 0;
+            return Err((
+                op,
+                Failure::io("extend", self.seg_path(self.active.first), e),
+            ));
+        }
         let res = write_all_at(&*self.active.file, &mut run.iov, run.start);
         self.active_dirty = true;
         let out = match res {
@@ -384,6 +441,7 @@ impl Writer {
     /// only then is the index file written (an index file on the last
     /// segment means its successor went missing).
     fn roll(&mut self, roll: &RollPlan) -> Result<(), Failure> {
+        self.trim()?;
         self.sync()?;
         let path = self.seg_path(roll.new_first);
         let file = self
@@ -405,6 +463,7 @@ impl Writer {
             first: roll.new_first,
             file,
             len: 0,
+            cap: 0,
         };
         Ok(())
     }
@@ -445,6 +504,7 @@ impl Writer {
             first: plan.cut_first,
             file,
             len: plan.cut_pos,
+            cap: plan.cut_pos,
         };
         self.active_dirty = true;
         Ok(())
@@ -507,6 +567,7 @@ impl Writer {
             first,
             file,
             len: 0,
+            cap: 0,
         };
         self.active_dirty = false;
         Ok(())
@@ -611,6 +672,7 @@ impl Writer {
                                 first: a.first_index,
                                 file: file.clone(),
                                 len: a.end_pos,
+                                cap: a.end_pos,
                             };
                             Ok(st.index.last_index)
                         }
@@ -700,9 +762,11 @@ impl Writer {
                     first: *first,
                     file,
                     len: *pos,
+                    cap: *pos,
                 };
             } else {
                 self.active.len = *pos;
+                self.active.cap = *pos;
             }
             self.active_dirty = false;
             Ok(())

@@ -346,13 +346,26 @@ fn hostile_segment_bytes_are_errors_or_torn_tails_without_huge_allocations() {
     let (_, rep) = LogStore::open(copy.path(), opts.clone()).unwrap();
     assert!(rep.torn_tail.is_some());
 
-    // Zeros after the last record (a file extended but never written).
+    // Zeros after the last record (preallocated space never written): cut,
+    // and not reported as a torn write.
     let copy = copy_dir(dir.path());
-    append_bytes(&copy.path().join(last.file_name().unwrap()), &[0u8; 4096]);
+    let seg = copy.path().join(last.file_name().unwrap());
+    append_bytes(&seg, &[0u8; 4096]);
+    assert!(check(copy.path()).unwrap().is_clean());
     let (s, rep) = LogStore::open(copy.path(), opts.clone()).unwrap();
-    assert_eq!(rep.torn_tail.unwrap().bytes, 4096);
+    assert!(rep.torn_tail.is_none());
+    assert_eq!(rep.zero_tail_bytes, 4096);
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), tail_start);
     assert_eq!(try_read_all(&s).unwrap(), all);
     drop(s);
+
+    // A partial record followed by zeros is a torn write.
+    let copy = copy_dir(dir.path());
+    let seg = copy.path().join(last.file_name().unwrap());
+    append_bytes(&seg, &all[0].as_bytes()[..30]);
+    append_bytes(&seg, &[0u8; 100]);
+    let (_, rep) = LogStore::open(copy.path(), opts.clone()).unwrap();
+    assert_eq!(rep.torn_tail.unwrap().bytes, 130);
 
     // A wrong CRC on a record followed by valid records: corruption at the
     // exact byte.
@@ -437,4 +450,28 @@ fn check_reports_a_healthy_directory_and_its_numbers() {
     let text = r.to_string();
     assert!(text.contains("OK: no problems found"), "{text}");
     assert!(text.contains("25 entries"), "{text}");
+}
+
+#[test]
+fn a_copy_taken_while_open_has_every_durable_entry() {
+    // Like a crash: the files as they are while the store runs, with the
+    // active segment's preallocated space after the data.
+    let opts = LogOptions {
+        segment_bytes: 64 << 10,
+        ..small_opts()
+    };
+    let dir = TempDir::new("keel-log").unwrap();
+    let (s, _) = open(dir.path(), &opts);
+    let mut g = Gen::new();
+    append_wait(&s, g.take(30));
+    let all = read_all(&s);
+    let copy = copy_dir(dir.path());
+    drop(s);
+    let (s, rep) = LogStore::open(copy.path(), opts).unwrap();
+    assert!(rep.torn_tail.is_none());
+    assert!(
+        rep.zero_tail_bytes > 0,
+        "the active segment was preallocated"
+    );
+    assert_eq!(try_read_all(&s).unwrap(), all);
 }
