@@ -53,6 +53,9 @@ pub(crate) struct Shared {
     queue: Mutex<Queue>,
     pub queue_cv: Condvar,
     pub durable: AtomicU64,
+    /// Operations in the queue (mirrors `queue.ops.len()`), for the
+    /// writer's brief spin before it sleeps.
+    pub queued: std::sync::atomic::AtomicUsize,
     failed: AtomicBool,
     /// Bumped under `state` by anything that moves or removes entries on
     /// disk (truncate, purge, reset, rebuild); readers that read files
@@ -198,6 +201,7 @@ impl LogStore {
             queue: Mutex::new(Queue::default()),
             queue_cv: Condvar::new(),
             durable: AtomicU64::new(last),
+            queued: std::sync::atomic::AtomicUsize::new(0),
             failed: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             on_durable: Mutex::new(None),
@@ -361,6 +365,7 @@ impl LogStore {
             done: Some(tx),
         });
         q.bytes += bytes;
+        self.shared.queued.store(q.ops.len(), Ordering::Release);
         if q.idle {
             q.idle = false;
             self.shared.queue_cv.notify_one();
