@@ -110,6 +110,14 @@ pub fn check_with(fs: &dyn Fs, dir: &Path) -> Result<CheckReport, LogError> {
     r.first_offset = floor.offset;
 
     let mut names = listing.segments.clone();
+    for &huge in names.iter().filter(|&&n| n >= crate::MAX_INDEX) {
+        r.problems.push(Problem {
+            file: dir.join(segment::segment_name(huge)),
+            offset: None,
+            message: "segment name is an index out of range".into(),
+        });
+    }
+    names.retain(|&n| n < crate::MAX_INDEX);
     while names.len() >= 2 && names[1] - 1 <= floor.index {
         let n = names.remove(0);
         r.notes.push(format!(

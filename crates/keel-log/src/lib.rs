@@ -48,6 +48,10 @@ pub use options::LogOptions;
 pub use recovery::{RecoveryReport, TornTail};
 pub use store::LogStore;
 
+/// Raft indexes (and floors) at or above this are refused as corrupt, so
+/// that index arithmetic never overflows on hostile input.
+pub const MAX_INDEX: u64 = 1 << 62;
+
 /// File name of the segment starting at `first_index` (for tools and tests).
 pub fn segment_file_name(first_index: u64) -> String {
     segment::segment_name(first_index)

@@ -107,6 +107,9 @@ pub(crate) fn decode_floor(b: &[u8]) -> Result<Floor, String> {
     if index == 0 && term != 0 {
         return Err("floor index 0 with a non-zero term".into());
     }
+    if index >= crate::MAX_INDEX {
+        return Err(format!("floor index {index} is out of range"));
+    }
     Ok(Floor {
         index,
         term,

@@ -185,6 +185,13 @@ pub(crate) fn recover(
     let floor = read_floor(fs, dir)?.unwrap_or_default();
 
     let mut names = listing.segments;
+    if let Some(&huge) = names.iter().find(|&&n| n >= crate::MAX_INDEX) {
+        return Err(LogError::corrupt(
+            dir.join(segment::segment_name(huge)),
+            0,
+            "segment name is an index out of range",
+        ));
+    }
     // An interrupted purge leaves whole segments below the floor.
     while names.len() >= 2 && names[1] - 1 <= floor.index {
         let first = names.remove(0);

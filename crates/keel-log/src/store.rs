@@ -445,7 +445,7 @@ impl LogStore {
         if snapshot_index == 0 && snapshot_term != 0 {
             return Err(LogError::invalid("a snapshot at index 0 must have term 0"));
         }
-        if snapshot_index == u64::MAX {
+        if snapshot_index >= crate::MAX_INDEX {
             return Err(LogError::invalid("snapshot index out of range"));
         }
         let sh = &self.shared;

@@ -475,3 +475,20 @@ fn a_copy_taken_while_open_has_every_durable_entry() {
     );
     assert_eq!(try_read_all(&s).unwrap(), all);
 }
+
+#[test]
+fn indexes_near_the_top_of_u64_are_refused_not_overflowed() {
+    let opts = small_opts();
+    let dir = TempDir::new("keel-log").unwrap();
+    let top = u64::MAX;
+    std::fs::write(
+        dir.path().join(keel_log::segment_file_name(top)),
+        entry(top, 1, 0, 1, 0).as_bytes(),
+    )
+    .unwrap();
+    let err = LogStore::open(dir.path(), opts.clone()).unwrap_err();
+    assert!(matches!(err, LogError::Corrupt { .. }), "{err}");
+    assert!(!check(dir.path()).unwrap().is_clean());
+    let (s, _) = open(TempDir::new("keel-log").unwrap().path(), &opts);
+    assert!(s.reset(u64::MAX, 1, 0).is_err());
+}

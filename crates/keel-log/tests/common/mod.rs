@@ -16,11 +16,21 @@ pub fn entry(index: u64, term: u64, base_offset: u64, records: u32, salt: u8) ->
     }
     let mut b = BatchBuilder::new();
     for r in 0..records {
-        let len = 8 + ((index as usize * 7 + r as usize * 13 + salt as usize) % 40);
+        let len = 8
+            + ((index as usize)
+                .wrapping_mul(7)
+                .wrapping_add(r as usize * 13 + salt as usize)
+                % 40);
         let fill = (index as u8).wrapping_mul(31) ^ (term as u8) ^ salt ^ (r as u8);
         b.push(&vec![fill; len]);
     }
-    b.seal(EntryKind::Data, term, index, base_offset, index * 1000)
+    b.seal(
+        EntryKind::Data,
+        term,
+        index,
+        base_offset,
+        index.wrapping_mul(1000),
+    )
 }
 
 /// Builds consecutive entries continuing a log.
