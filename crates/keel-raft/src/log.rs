@@ -164,14 +164,14 @@ impl<S: Storage> RaftLog<S> {
     /// Follower side of AppendEntries once `prev` matched: skips entries we
     /// already hold, truncates at the first conflict and appends the rest.
     /// Returns the first index that was (re)written, if any.
-    pub(crate) fn append_from_leader(&mut self, entries: &[Entry]) -> Option<Index> {
+    pub(crate) fn append_from_leader(&mut self, mut entries: Vec<Entry>) -> Option<Index> {
         let pos = entries
             .iter()
             .position(|e| !self.match_term(e.index(), e.term()))?;
         let first = entries[pos].index();
         self.truncate_from(first);
-        for e in &entries[pos..] {
-            self.append_new(e.clone());
+        for e in entries.drain(pos..) {
+            self.append_new(e);
         }
         Some(first)
     }
@@ -316,15 +316,15 @@ impl<S: Storage> RaftLog<S> {
                     e.term()
                 ));
             }
-            if let Some(o) = offset {
-                if e.base_offset() != o {
-                    return Err(format!(
-                        "entry {} starts at offset {} where {} was expected",
-                        e.index(),
-                        e.base_offset(),
-                        o
-                    ));
-                }
+            if let Some(o) = offset
+                && e.base_offset() != o
+            {
+                return Err(format!(
+                    "entry {} starts at offset {} where {} was expected",
+                    e.index(),
+                    e.base_offset(),
+                    o
+                ));
             }
             offset = Some(e.end_offset());
             term = e.term();

@@ -259,7 +259,7 @@ impl<S: Storage> Raft<S> {
             if let Some(ts) = a.entries.iter().map(|e| e.timestamp()).max() {
                 self.last_timestamp = self.last_timestamp.max(ts);
             }
-            self.log.append_from_leader(&a.entries);
+            self.log.append_from_leader(a.entries);
             self.log.commit_to(a.commit.min(last_new));
             self.send(
                 from,

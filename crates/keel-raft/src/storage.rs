@@ -44,14 +44,24 @@ impl MemStorage {
 
     /// Applies a Ready's entries: truncate from the first one, then append.
     pub fn append(&mut self, entries: &[Entry]) {
-        let Some(first) = entries.first() else { return };
+        self.truncate_for(entries.first());
+        self.entries.extend_from_slice(entries);
+    }
+
+    /// Like [`append`](Self::append), taking the entries (no clones).
+    pub fn append_owned(&mut self, entries: Vec<Entry>) {
+        self.truncate_for(entries.first());
+        self.entries.extend(entries);
+    }
+
+    fn truncate_for(&mut self, first: Option<&Entry>) {
+        let Some(first) = first else { return };
         let keep = first.index().saturating_sub(self.base_index + 1) as usize;
         self.entries.truncate(keep.min(self.entries.len()));
         debug_assert_eq!(
             self.base_index + self.entries.len() as u64 + 1,
             first.index()
         );
-        self.entries.extend_from_slice(entries);
     }
 
     /// Drops entries up to and including `index` (they are in a snapshot).

@@ -58,7 +58,9 @@ struct Args {
 
 fn options_for(args: &Args, seed: u64) -> SimOptions {
     SimOptions {
-        nodes: args.nodes.unwrap_or(if seed % 2 == 0 { 5 } else { 3 }),
+        nodes: args
+            .nodes
+            .unwrap_or(if seed.is_multiple_of(2) { 5 } else { 3 }),
         faults: args
             .faults
             .unwrap_or(FaultMix::ALL[(seed / 2 % FaultMix::ALL.len() as u64) as usize]),

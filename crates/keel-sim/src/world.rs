@@ -466,20 +466,20 @@ impl World {
                     return;
                 }
             };
-            if let Some(ss) = rd.soft_state {
-                if ss.role == Role::Leader {
-                    let n = &self.nodes[idx];
-                    self.inv.on_leader(n, ss.term);
-                    self.trace(|| format!("node {id} leads term {}", ss.term));
-                    self.fig8_on_leader(id);
-                    if self.opts.faults == FaultMix::Churn
-                        && self.healed_at.is_none()
-                        && self.rng.chance(0.3)
-                    {
-                        // Cut a fresh term short, before its no-op spreads.
-                        let after = self.rng.range(500, 40_000);
-                        self.schedule(after, Event::CrashLeader(id, ss.term));
-                    }
+            if let Some(ss) = rd.soft_state
+                && ss.role == Role::Leader
+            {
+                let n = &self.nodes[idx];
+                self.inv.on_leader(n, ss.term);
+                self.trace(|| format!("node {id} leads term {}", ss.term));
+                self.fig8_on_leader(id);
+                if self.opts.faults == FaultMix::Churn
+                    && self.healed_at.is_none()
+                    && self.rng.chance(0.3)
+                {
+                    // Cut a fresh term short, before its no-op spreads.
+                    let after = self.rng.range(500, 40_000);
+                    self.schedule(after, Event::CrashLeader(id, ss.term));
                 }
             }
             if let Some(pid) = rd.persist_id {

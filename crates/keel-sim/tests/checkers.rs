@@ -16,7 +16,11 @@ fn opts(faults: FaultMix, nodes: usize, bug: Option<Bug>) -> SimOptions {
 /// failing seed with its violation.
 fn first_failure(faults: FaultMix, bug: Bug, limit: u64) -> Option<(u64, String)> {
     (1..=limit).find_map(|seed| {
-        let o = opts(faults, if seed % 2 == 0 { 5 } else { 3 }, Some(bug));
+        let o = opts(
+            faults,
+            if seed.is_multiple_of(2) { 5 } else { 3 },
+            Some(bug),
+        );
         run_seed(&o, seed).err().map(|e| (seed, e))
     })
 }
@@ -55,7 +59,7 @@ fn every_fault_mix_passes_with_the_real_core() {
     for (i, mix) in FaultMix::ALL.iter().enumerate() {
         for k in 0..6u64 {
             let seed = 10_000 + i as u64 * 100 + k;
-            let o = opts(*mix, if k % 2 == 0 { 3 } else { 5 }, None);
+            let o = opts(*mix, if k.is_multiple_of(2) { 3 } else { 5 }, None);
             if let Err(e) = run_seed(&o, seed) {
                 panic!(
                     "seed {seed} failed: {e}\n  replay: {}",
