@@ -9,6 +9,7 @@
 //! Entries are [`keel_format::Batch`]es: data entries carry records that take
 //! dense user offsets; control entries (no-op, configuration) take none.
 
+pub mod codec;
 mod config;
 mod election;
 mod error;

@@ -425,6 +425,24 @@ impl World {
 
     fn send(&mut self, m: Message) {
         self.stats.messages += 1;
+        // Every message crosses the wire codec, as it would between servers.
+        let wire = keel_raft::codec::encode_to_bytes(&m);
+        let m = match keel_raft::codec::decode(wire) {
+            Ok(back) if back == m => back,
+            Ok(_) => {
+                self.inv
+                    .violation
+                    .get_or_insert(format!("codec changed a {} message", m.body.kind()));
+                return;
+            }
+            Err(e) => {
+                self.inv.violation.get_or_insert(format!(
+                    "codec refused its own {} message: {e}",
+                    m.body.kind()
+                ));
+                return;
+            }
+        };
         if self.net.cut.contains(&(m.from, m.to)) || self.rng.chance(self.net.loss) {
             return;
         }
