@@ -26,6 +26,10 @@
 //!  7 TimeoutNow          (empty)
 //!  8 ReadIndex           u64 ctx
 //!  9 ReadIndexResponse   u64 ctx, u8 has_index, u64 index
+//! 10 Snapshot            u64 index, u64 term, u64 next_offset, u64 size,
+//!                        u32 n + n bytes configuration (as in a Config entry),
+//!                        u64 offset, u8 done, u32 n + n bytes data
+//! 11 SnapshotResponse    u64 index, u64 next_offset, u8 installed
 //! ```
 //!
 //! The transport frames messages (a length prefix); this module encodes and
@@ -38,6 +42,7 @@ use keel_format::{Batch, FormatError, HEADER_LEN};
 use thiserror::Error;
 
 use crate::message::{Append, AppendResponse, Message, MessageBody, RejectHint, VoteRequest};
+use crate::snapshot::{SnapshotChunk, SnapshotMeta};
 
 pub const CODEC_VERSION: u8 = 1;
 /// Bytes before the body.
@@ -69,6 +74,8 @@ mod kind {
     pub const TIMEOUT_NOW: u8 = 7;
     pub const READ_INDEX: u8 = 8;
     pub const READ_INDEX_RESPONSE: u8 = 9;
+    pub const SNAPSHOT: u8 = 10;
+    pub const SNAPSHOT_RESPONSE: u8 = 11;
 }
 
 /// Bytes `encode` will write for `m`.
@@ -84,6 +91,10 @@ pub fn encoded_len(m: &Message) -> usize {
             MessageBody::TimeoutNow => 0,
             MessageBody::ReadIndex { .. } => 8,
             MessageBody::ReadIndexResponse { .. } => 17,
+            MessageBody::Snapshot(c) => {
+                36 + crate::conf_change::encode(&c.meta.membership).len() + 13 + c.data.len()
+            }
+            MessageBody::SnapshotResponse { .. } => 17,
         }
 }
 
@@ -101,6 +112,8 @@ pub fn encode(m: &Message, out: &mut BytesMut) {
         MessageBody::TimeoutNow => kind::TIMEOUT_NOW,
         MessageBody::ReadIndex { .. } => kind::READ_INDEX,
         MessageBody::ReadIndexResponse { .. } => kind::READ_INDEX_RESPONSE,
+        MessageBody::Snapshot(_) => kind::SNAPSHOT,
+        MessageBody::SnapshotResponse { .. } => kind::SNAPSHOT_RESPONSE,
     };
     out.put_u8(k);
     out.put_u64_le(m.group);
@@ -148,6 +161,28 @@ pub fn encode(m: &Message, out: &mut BytesMut) {
             out.put_u8(u8::from(index.is_some()));
             out.put_u64_le(index.unwrap_or(0));
         }
+        MessageBody::Snapshot(c) => {
+            out.put_u64_le(c.meta.index);
+            out.put_u64_le(c.meta.term);
+            out.put_u64_le(c.meta.next_offset);
+            out.put_u64_le(c.meta.size);
+            let conf = crate::conf_change::encode(&c.meta.membership);
+            out.put_u32_le(conf.len() as u32);
+            out.put_slice(&conf);
+            out.put_u64_le(c.offset);
+            out.put_u8(u8::from(c.done));
+            out.put_u32_le(c.data.len() as u32);
+            out.put_slice(&c.data);
+        }
+        MessageBody::SnapshotResponse {
+            index,
+            next_offset,
+            installed,
+        } => {
+            out.put_u64_le(*index);
+            out.put_u64_le(*next_offset);
+            out.put_u8(u8::from(*installed));
+        }
     }
 }
 
@@ -183,6 +218,12 @@ impl Reader {
     fn u64(&mut self, what: &'static str) -> Result<u64, CodecError> {
         self.need(8, what)?;
         Ok(self.buf.get_u64_le())
+    }
+    /// A `u32` length and that many bytes (zero-copy).
+    fn bytes(&mut self, what: &'static str) -> Result<Bytes, CodecError> {
+        let n = self.u32(what)? as usize;
+        self.need(n, what)?;
+        Ok(self.buf.split_to(n))
     }
     fn flags(&mut self, what: &'static str, allowed: u8) -> Result<u8, CodecError> {
         let f = self.u8(what)?;
@@ -280,6 +321,41 @@ pub fn decode(frame: Bytes) -> Result<Message, CodecError> {
                 index: (has == 1).then_some(index),
             }
         }
+        kind::SNAPSHOT => {
+            let index = r.u64("snapshot index")?;
+            let term = r.u64("snapshot term")?;
+            let next_offset = r.u64("snapshot next offset")?;
+            let size = r.u64("snapshot size")?;
+            let conf = r.bytes("snapshot configuration")?;
+            let membership = crate::conf_change::decode(&conf)
+                .map_err(|_| CodecError::Field("snapshot configuration"))?;
+            let offset = r.u64("chunk offset")?;
+            let done = r.flags("chunk done", 1)? == 1;
+            let data = r.bytes("chunk data")?;
+            if offset
+                .checked_add(data.len() as u64)
+                .is_none_or(|end| end > size)
+            {
+                return Err(CodecError::Field("chunk runs past the snapshot size"));
+            }
+            MessageBody::Snapshot(SnapshotChunk {
+                meta: SnapshotMeta {
+                    index,
+                    term,
+                    membership,
+                    next_offset,
+                    size,
+                },
+                offset,
+                data,
+                done,
+            })
+        }
+        kind::SNAPSHOT_RESPONSE => MessageBody::SnapshotResponse {
+            index: r.u64("snapshot index")?,
+            next_offset: r.u64("next offset")?,
+            installed: r.flags("installed", 1)? == 1,
+        },
         other => return Err(CodecError::Kind(other)),
     };
     if r.buf.has_remaining() {
@@ -364,6 +440,23 @@ mod tests {
                 ctx: 5,
                 index: None,
             }),
+            m(MessageBody::Snapshot(SnapshotChunk {
+                meta: SnapshotMeta {
+                    index: 90,
+                    term: 3,
+                    membership: crate::Membership::new([1, 2, 3], [4]),
+                    next_offset: 1234,
+                    size: 10,
+                },
+                offset: 4,
+                data: Bytes::from_static(b"abcdef"),
+                done: true,
+            })),
+            m(MessageBody::SnapshotResponse {
+                index: 90,
+                next_offset: 4,
+                installed: false,
+            }),
         ]
     }
 
@@ -446,7 +539,7 @@ mod tests {
         }
 
         #[test]
-        fn mutated_messages_never_panic(i in 0usize..13, pos in any::<usize>(), byte in any::<u8>()) {
+        fn mutated_messages_never_panic(i in 0usize..15, pos in any::<usize>(), byte in any::<u8>()) {
             let bytes = encode_to_bytes(&samples()[i]);
             let mut b = BytesMut::from(&bytes[..]);
             let p = pos % b.len();

@@ -58,6 +58,14 @@ pub struct Config {
     /// entries behind the leader's last index.
     pub preferred_max_lag: u64,
     pub read_mode: ReadMode,
+    /// Bytes of snapshot data per chunk sent to a follower.
+    pub snapshot_chunk_bytes: usize,
+    /// A learner counts as caught up (may be promoted) when it is at most
+    /// this many entries behind the leader's last index.
+    pub learner_max_lag: u64,
+    /// How long a change waiting for learners to catch up
+    /// ([`LaggingLearner::Wait`](crate::LaggingLearner::Wait)) may wait.
+    pub conf_change_wait_ticks: u32,
     /// Safety margin, in ticks, subtracted from the lease (lease reads only).
     pub lease_margin_ticks: u32,
     /// Test-only switches that break rules on purpose.
@@ -83,6 +91,9 @@ impl Default for Config {
             preferred_settle_ticks: 20,
             preferred_max_lag: 128,
             read_mode: ReadMode::Safe,
+            snapshot_chunk_bytes: 1 << 20,
+            learner_max_lag: 128,
+            conf_change_wait_ticks: 200,
             lease_margin_ticks: 2,
             #[cfg(feature = "fault-injection")]
             knobs: Default::default(),
@@ -117,6 +128,10 @@ impl Config {
         }
         if self.max_msg_bytes == 0 {
             return bad("max_msg_bytes must be at least 1");
+        }
+        if self.snapshot_chunk_bytes == 0 || self.snapshot_chunk_bytes > keel_format::MAX_BATCH_LEN
+        {
+            return bad("snapshot_chunk_bytes must be between 1 and 64 MiB");
         }
         if self.read_mode == ReadMode::Lease && !self.check_quorum {
             return bad("lease reads need check_quorum (the lease is the check-quorum window)");

@@ -11,6 +11,9 @@ pub enum StorageError {
     /// The entry is past the end of the stored log.
     #[error("entry {0} is past the end of the log")]
     Unavailable(Index),
+    /// The snapshot at this index is no longer held (a newer one replaced it).
+    #[error("snapshot at index {0} is gone")]
+    SnapshotGone(Index),
     /// The store failed (I/O error, corruption). The node cannot go on.
     #[error("storage failed: {0}")]
     Failed(String),
@@ -41,6 +44,20 @@ pub enum Error {
     NotAVoter(NodeId),
     #[error("invalid message from node {from}: {reason}")]
     InvalidMessage { from: NodeId, reason: String },
+    #[error(
+        "a configuration change is in progress (entry {0} not yet committed); retry once it completes"
+    )]
+    ConfChangeInProgress(Index),
+    #[error("invalid configuration change: {0}")]
+    InvalidConfChange(String),
+    #[error(
+        "learner {id} is behind ({matched} of {last}); retry once it catches up, or ask to wait"
+    )]
+    LearnerLagging {
+        id: NodeId,
+        matched: Index,
+        last: Index,
+    },
     #[error("persistence notification {got} is ahead of the last issued ({issued})")]
     UnknownPersist { got: u64, issued: u64 },
     #[error(transparent)]

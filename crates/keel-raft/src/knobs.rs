@@ -13,4 +13,9 @@ pub struct Knobs {
     /// Send vote grants and append acknowledgements before the state they
     /// reveal is persisted.
     pub ack_before_persist: bool,
+    /// Let a configuration take effect when its entry commits instead of
+    /// when it is appended.
+    pub apply_conf_at_commit: bool,
+    /// Change voters in one step, without the joint configuration.
+    pub skip_joint: bool,
 }

@@ -10,11 +10,13 @@
 //! dense user offsets; control entries (no-op, configuration) take none.
 
 pub mod codec;
+mod conf_change;
 mod config;
 mod election;
 mod error;
 mod knobs;
 mod log;
+mod membership;
 mod message;
 mod progress;
 mod quorum;
@@ -23,6 +25,8 @@ mod read;
 pub mod ready;
 mod replication;
 mod rng;
+mod snapshot;
+mod snapshot_transfer;
 mod storage;
 mod transfer;
 mod types;
@@ -30,10 +34,12 @@ mod types;
 #[cfg(test)]
 mod tests;
 
+pub use conf_change::{ConfChangeOp, LaggingLearner};
 pub use config::{Config, ReadMode};
 pub use error::{Error, StorageError};
 #[cfg(feature = "fault-injection")]
 pub use knobs::Knobs;
+pub use membership::{ConfChangeEvent, ConfChangeStatus};
 pub use message::{Append, AppendResponse, Message, MessageBody, RejectHint, VoteRequest};
 pub use progress::{Progress, ProgressState};
 pub use quorum::{Membership, VoteResult};
@@ -41,6 +47,7 @@ pub use raft::{InitialState, PeerStatus, Proposed, Raft, Status};
 pub use read::ReadState;
 pub use ready::Ready;
 pub use rng::Rng;
+pub use snapshot::{SnapshotChunk, SnapshotMeta, StateMachine};
 pub use storage::{MemStorage, Storage};
 pub use types::{GroupId, HardState, Index, NONE, NodeId, Role, SoftState, Term};
 

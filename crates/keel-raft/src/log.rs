@@ -29,6 +29,9 @@ pub(crate) struct RaftLog<S> {
     /// The user offset the next data record will take.
     next_offset: u64,
     last_term: Term,
+    /// The entry the log starts after (a snapshot's index and term), known
+    /// here even before the driver has reset its storage to it.
+    snapshot_point: (Index, Term),
 }
 
 impl<S: Storage> RaftLog<S> {
@@ -45,10 +48,11 @@ impl<S: Storage> RaftLog<S> {
                 .map(|e| e.end_offset())
                 .unwrap_or(0)
         } else {
-            0
+            storage.snapshot().map(|s| s.next_offset).unwrap_or(0)
         };
         let snapshot_index = first - 1;
         let committed = applied.max(snapshot_index).min(last);
+        let snapshot_point = (snapshot_index, storage.term(snapshot_index)?);
         Ok(RaftLog {
             storage,
             unstable: VecDeque::new(),
@@ -59,11 +63,26 @@ impl<S: Storage> RaftLog<S> {
             applied: committed,
             next_offset,
             last_term,
+            snapshot_point,
         })
     }
 
+    /// A snapshot was installed: the log is now empty right after it. Writes
+    /// still in flight vouch for nothing any more.
+    pub(crate) fn reset_to_snapshot(&mut self, index: Index, term: Term, next_offset: u64) {
+        self.unstable.clear();
+        self.pending.clear();
+        self.persisted = index;
+        self.handed_out = index;
+        self.committed = index;
+        self.applied = index;
+        self.last_term = term;
+        self.next_offset = next_offset;
+        self.snapshot_point = (index, term);
+    }
+
     pub(crate) fn first_index(&self) -> Index {
-        self.storage.first_index()
+        self.storage.first_index().max(self.snapshot_point.0 + 1)
     }
 
     pub(crate) fn last_index(&self) -> Index {
@@ -101,6 +120,9 @@ impl<S: Storage> RaftLog<S> {
         }
         if index == 0 {
             return Ok(0);
+        }
+        if index == self.snapshot_point.0 {
+            return Ok(self.snapshot_point.1);
         }
         self.storage.term(index)
     }

@@ -2,6 +2,7 @@
 //! one connection between two nodes can carry every raft group (multi-raft).
 
 use crate::Entry;
+use crate::snapshot::SnapshotChunk;
 use crate::types::{GroupId, Index, NodeId, Term};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +47,15 @@ pub enum MessageBody {
     ReadIndexResponse {
         ctx: u64,
         index: Option<Index>,
+    },
+    /// Leader → follower: a piece of a snapshot.
+    Snapshot(SnapshotChunk),
+    /// Follower → leader: for the snapshot at `index`, the bytes received so
+    /// far (where to resume), or `installed`.
+    SnapshotResponse {
+        index: Index,
+        next_offset: u64,
+        installed: bool,
     },
 }
 
@@ -100,6 +110,8 @@ impl MessageBody {
             MessageBody::TimeoutNow => "timeout-now",
             MessageBody::ReadIndex { .. } => "read-index",
             MessageBody::ReadIndexResponse { .. } => "read-index-response",
+            MessageBody::Snapshot(_) => "snapshot",
+            MessageBody::SnapshotResponse { .. } => "snapshot-response",
         }
     }
 
@@ -112,6 +124,10 @@ impl MessageBody {
             MessageBody::Vote(VoteRequest { pre: false, .. })
                 | MessageBody::VoteResponse { pre: false, .. }
                 | MessageBody::AppendResponse(_)
+                | MessageBody::SnapshotResponse {
+                    installed: true,
+                    ..
+                }
         )
     }
 
@@ -119,6 +135,7 @@ impl MessageBody {
     pub fn entry_bytes(&self) -> u64 {
         match self {
             MessageBody::Append(a) => a.entries.iter().map(|e| e.len() as u64).sum(),
+            MessageBody::Snapshot(c) => c.data.len() as u64,
             _ => 0,
         }
     }

@@ -79,6 +79,17 @@ pub struct Progress {
     pub(crate) read_seq_acked: u64,
     /// Tick since when a preferred node has been caught up and responsive.
     pub(crate) caught_up_since: Option<u64>,
+    /// The snapshot being sent (Snapshot state).
+    pub(crate) snapshot: Option<SnapshotSend>,
+}
+
+/// A snapshot transfer to one follower: one chunk in flight at a time.
+#[derive(Debug, Clone)]
+pub(crate) struct SnapshotSend {
+    pub(crate) meta: crate::snapshot::SnapshotMeta,
+    /// Where the next chunk starts (what the follower has acknowledged).
+    pub(crate) next: u64,
+    pub(crate) in_flight: bool,
 }
 
 impl Progress {
@@ -95,10 +106,12 @@ impl Progress {
             commit_sent: 0,
             read_seq_acked: 0,
             caught_up_since: None,
+            snapshot: None,
         }
     }
 
     pub(crate) fn become_probe(&mut self) {
+        self.snapshot = None;
         self.state = ProgressState::Probe;
         self.next = self.matched + 1;
         self.probe_sent = false;
@@ -106,6 +119,7 @@ impl Progress {
     }
 
     pub(crate) fn become_replicate(&mut self) {
+        self.snapshot = None;
         self.state = ProgressState::Replicate;
         self.next = self.matched + 1;
         self.probe_sent = false;

@@ -35,6 +35,16 @@ impl Membership {
         }
     }
 
+    /// In the joint phase of a change (two voter sets in force).
+    pub fn is_joint(&self) -> bool {
+        !self.outgoing.is_empty()
+    }
+
+    /// A learner and not a voter of either half.
+    pub fn is_learner(&self, id: NodeId) -> bool {
+        self.learners.contains(&id) && !self.is_voter(id)
+    }
+
     pub fn is_voter(&self, id: NodeId) -> bool {
         self.voters.contains(&id) || self.outgoing.contains(&id)
     }

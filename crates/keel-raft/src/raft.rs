@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, VecDeque};
 use keel_format::{Batch, BatchBuilder, EntryKind, MAX_BATCH_LEN};
 
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, StorageError};
 use crate::log::RaftLog;
 use crate::message::{Message, MessageBody};
 use crate::progress::{Progress, ProgressState};
@@ -19,8 +19,10 @@ use crate::storage::Storage;
 use crate::transfer::Transfer;
 use crate::types::{HardState, Index, NONE, NodeId, Role, SoftState, Term};
 
-/// What a node restarts from: its durable hard state, the membership in
-/// force, and the index its state machine had applied (a snapshot point).
+/// What a node starts from: its durable hard state, the membership to use
+/// when neither the log nor a snapshot holds a configuration (the
+/// bootstrap configuration; empty for a node that waits to be added), and
+/// the index its state machine had applied (its snapshot's index).
 #[derive(Debug, Clone, Default)]
 pub struct InitialState {
     pub hard_state: HardState,
@@ -81,7 +83,21 @@ pub struct Raft<S: Storage> {
     pub(crate) role: Role,
     pub(crate) leader: NodeId,
     pub(crate) log: RaftLog<S>,
+    /// The configuration in force (see `membership.rs`).
     pub(crate) membership: Membership,
+    /// In force before the first configuration entry of the log: the
+    /// snapshot's, or the bootstrap one.
+    pub(crate) base_membership: Membership,
+    /// Configuration entries in the log, (index, configuration), in order.
+    pub(crate) conf_history: Vec<(Index, Membership)>,
+    pub(crate) waiting_change: Option<crate::membership::WaitingChange>,
+    pub(crate) conf_events: Vec<crate::membership::ConfChangeEvent>,
+    /// A snapshot arriving in chunks (follower).
+    pub(crate) incoming_snapshot: Option<crate::snapshot_transfer::Incoming>,
+    /// Chunks received, for the driver to stage (follower).
+    pub(crate) snapshot_chunks: Vec<crate::snapshot::SnapshotChunk>,
+    /// A received snapshot the driver must install (follower).
+    pub(crate) pending_install: Option<crate::snapshot::SnapshotMeta>,
     pub(crate) progress: BTreeMap<NodeId, Progress>,
     pub(crate) votes: BTreeMap<NodeId, bool>,
     pub(crate) election_elapsed: u32,
@@ -125,6 +141,29 @@ impl<S: Storage> Raft<S> {
     pub fn new(cfg: Config, storage: S, init: InitialState, seed: u64) -> Result<Self, Error> {
         cfg.validate()?;
         let log = RaftLog::new(storage, init.applied)?;
+        let base_membership = match log.storage.snapshot() {
+            Some(s) if s.index + 1 >= log.first_index() => s.membership,
+            _ => init.membership,
+        };
+        let conf_history = log
+            .storage
+            .last_config_entries()?
+            .iter()
+            .map(|e| {
+                crate::conf_change::decode(&e.body())
+                    .map(|m| (e.index(), m))
+                    .map_err(|why| {
+                        StorageError::Failed(format!(
+                            "configuration entry {} is corrupt: {why}",
+                            e.index()
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let membership = conf_history
+            .last()
+            .map(|(_, m)| m.clone())
+            .unwrap_or_else(|| base_membership.clone());
         let hs = init.hard_state;
         let mut r = Raft {
             term: hs.term,
@@ -132,7 +171,14 @@ impl<S: Storage> Raft<S> {
             role: Role::Follower,
             leader: NONE,
             log,
-            membership: init.membership,
+            membership,
+            base_membership,
+            conf_history,
+            waiting_change: None,
+            conf_events: Vec::new(),
+            incoming_snapshot: None,
+            snapshot_chunks: Vec::new(),
+            pending_install: None,
             progress: BTreeMap::new(),
             votes: BTreeMap::new(),
             election_elapsed: 0,
@@ -310,6 +356,7 @@ impl<S: Storage> Raft<S> {
             }
         }
         self.tick_transfer();
+        self.tick_waiting_change();
         if self.role != Role::Leader {
             return;
         }
@@ -360,9 +407,9 @@ impl<S: Storage> Raft<S> {
                     pre: true,
                     granted: true,
                 } => {}
-                MessageBody::Append(_) | MessageBody::Heartbeat { .. } => {
-                    self.become_follower(m.term, m.from)
-                }
+                MessageBody::Append(_)
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::Snapshot(_) => self.become_follower(m.term, m.from),
                 _ => self.become_follower(m.term, NONE),
             }
         } else if m.term < self.term {
@@ -416,17 +463,27 @@ impl<S: Storage> Raft<S> {
             MessageBody::HeartbeatResponse { read_seq } => {
                 self.handle_heartbeat_response(m.from, read_seq)
             }
+            MessageBody::SnapshotResponse {
+                index,
+                next_offset,
+                installed,
+            } => {
+                self.handle_snapshot_response(m.from, index, next_offset, installed);
+                Ok(())
+            }
             MessageBody::ReadIndex { ctx } => {
                 self.leader_read(ctx, m.from);
                 Ok(())
             }
-            MessageBody::Append(_) | MessageBody::Heartbeat { .. } => Err(Error::InvalidMessage {
-                from: m.from,
-                reason: format!(
-                    "node {} claims to lead term {} which this node leads",
-                    m.from, m.term
-                ),
-            }),
+            MessageBody::Append(_) | MessageBody::Heartbeat { .. } | MessageBody::Snapshot(_) => {
+                Err(Error::InvalidMessage {
+                    from: m.from,
+                    reason: format!(
+                        "node {} claims to lead term {} which this node leads",
+                        m.from, m.term
+                    ),
+                })
+            }
             _ => Ok(()),
         }
     }
@@ -441,6 +498,10 @@ impl<S: Storage> Raft<S> {
                 self.become_follower(m.term, m.from);
                 self.handle_heartbeat(m.from, commit, read_seq);
                 Ok(())
+            }
+            MessageBody::Snapshot(c) => {
+                self.become_follower(m.term, m.from);
+                self.handle_snapshot_chunk(m.from, m.term, c)
             }
             MessageBody::VoteResponse { pre, granted } => {
                 self.handle_vote_response(m.from, pre, granted);
@@ -470,6 +531,11 @@ impl<S: Storage> Raft<S> {
                 self.leader = m.from;
                 self.handle_heartbeat(m.from, commit, read_seq);
                 Ok(())
+            }
+            MessageBody::Snapshot(c) => {
+                self.election_elapsed = 0;
+                self.leader = m.from;
+                self.handle_snapshot_chunk(m.from, m.term, c)
             }
             MessageBody::TimeoutNow => {
                 if self.promotable() && self.ticks >= self.transfer_backoff.0 {
@@ -565,6 +631,8 @@ impl<S: Storage> Raft<S> {
         self.uncommitted.clear();
         self.uncommitted_bytes = 0;
         self.fail_reads();
+        self.drop_waiting_change();
+        self.incoming_snapshot = None;
         self.needs_flush = false;
     }
 

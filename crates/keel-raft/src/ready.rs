@@ -3,9 +3,13 @@
 //! The driver loops: feed input (`tick`, `step`, `propose`, ...), then, while
 //! `has_ready()`, take a [`Ready`] and act on it:
 //!
-//! 1. persist `hard_state` (if any) and `entries` (if any; the first entry's
-//!    index may be at or below the last one written: truncate from there
-//!    first), in Ready order, with fdatasync;
+//! 1. persist, in this order and in Ready order, with fdatasync:
+//!    `snapshot_chunks` (stage them; offset 0 starts a new snapshot),
+//!    `install_snapshot` (restore the state machine from the staged data,
+//!    make it the node's snapshot, and reset the log to start right after
+//!    its index), `hard_state`, and `entries` (the first entry's index may
+//!    be at or below the last one written: truncate from there first);
+//!    the log must reflect them before the next call into the core;
 //! 2. send `messages` at once, in any order (they never depend on anything
 //!    unpersisted: see below);
 //! 3. apply `committed` entries in order;
@@ -24,8 +28,10 @@
 //! commit only once reported persisted.
 
 use crate::error::Error;
+use crate::membership::ConfChangeEvent;
 use crate::message::{Message, MessageBody};
 use crate::read::ReadState;
+use crate::snapshot::{SnapshotChunk, SnapshotMeta};
 use crate::storage::Storage;
 use crate::types::{HardState, NodeId, Role, SoftState, Term};
 use crate::{Entry, Raft};
@@ -50,6 +56,12 @@ pub struct Ready {
     /// Contexts of local reads that could not be confirmed (leadership
     /// lost or no leader): retry them.
     pub failed_reads: Vec<u64>,
+    /// Pieces of a snapshot being received, in order, to stage.
+    pub snapshot_chunks: Vec<SnapshotChunk>,
+    /// Install this staged snapshot before `persist_id` is acknowledged.
+    pub install_snapshot: Option<SnapshotMeta>,
+    /// Outcomes of configuration changes that waited for learners.
+    pub conf_change_events: Vec<ConfChangeEvent>,
 }
 
 impl Ready {
@@ -61,6 +73,9 @@ impl Ready {
             && self.committed.is_empty()
             && self.read_states.is_empty()
             && self.failed_reads.is_empty()
+            && self.snapshot_chunks.is_empty()
+            && self.install_snapshot.is_none()
+            && self.conf_change_events.is_empty()
     }
 }
 
@@ -72,7 +87,10 @@ impl<S: Storage> Raft<S> {
 
     pub(crate) fn send_with_term(&mut self, to: NodeId, term: Term, body: MessageBody) {
         let gate = if body.needs_durable_state() && !self.knob(|k| k.ack_before_persist) {
-            if self.hard_state() != self.last_hard_state || self.log.has_unhanded() {
+            if self.hard_state() != self.last_hard_state
+                || self.log.has_unhanded()
+                || self.pending_install.is_some()
+            {
                 Some(self.next_persist_id)
             } else {
                 self.log
@@ -103,6 +121,9 @@ impl<S: Storage> Raft<S> {
             || !self.outbox.is_empty()
             || self.log.has_committed_to_apply()
             || self.reads.has_output()
+            || !self.snapshot_chunks.is_empty()
+            || self.pending_install.is_some()
+            || !self.conf_events.is_empty()
             || (self.role == Role::Leader && (self.needs_flush || self.reads.round_needed()))
     }
 
@@ -128,7 +149,10 @@ impl<S: Storage> Raft<S> {
             self.last_hard_state = hs;
         }
         rd.entries = self.log.take_unhanded();
-        if rd.hard_state.is_some() || !rd.entries.is_empty() {
+        rd.snapshot_chunks = std::mem::take(&mut self.snapshot_chunks);
+        rd.install_snapshot = self.pending_install.take();
+        rd.conf_change_events = std::mem::take(&mut self.conf_events);
+        if rd.hard_state.is_some() || !rd.entries.is_empty() || rd.install_snapshot.is_some() {
             let id = self.next_persist_id;
             self.next_persist_id += 1;
             self.log.record_persist(id);

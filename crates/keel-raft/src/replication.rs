@@ -46,7 +46,18 @@ impl<S: Storage> Raft<S> {
             let Some(pr) = self.progress.get(&to) else {
                 return;
             };
+            if pr.state == ProgressState::Snapshot {
+                self.send_snapshot_chunk(to);
+                return;
+            }
             if pr.is_paused(max_msgs, max_bytes) {
+                return;
+            }
+            if pr.next < self.log.first_index() {
+                // What the follower needs was compacted into a snapshot.
+                if self.start_snapshot(to) {
+                    self.send_snapshot_chunk(to);
+                }
                 return;
             }
             let has_entries = pr.next <= last;
@@ -60,10 +71,8 @@ impl<S: Storage> Raft<S> {
             let prev_term = match self.log.term(prev_index) {
                 Ok(t) => t,
                 Err(StorageError::Compacted(_)) => {
-                    // Snapshot transfer arrives with membership changes; until
-                    // then a follower this far behind waits in this state.
-                    if let Some(pr) = self.progress.get_mut(&to) {
-                        pr.state = ProgressState::Snapshot;
+                    if self.start_snapshot(to) {
+                        self.send_snapshot_chunk(to);
                     }
                     return;
                 }
@@ -185,6 +194,11 @@ impl<S: Storage> Raft<S> {
         };
         pr.read_seq_acked = pr.read_seq_acked.max(read_seq);
         pr.probe_sent = false;
+        if pr.state == ProgressState::Snapshot {
+            self.snapshot_retry(from);
+            self.confirm_reads();
+            return Ok(());
+        }
         if pr.state == ProgressState::Replicate
             && pr
                 .inflights
@@ -229,6 +243,7 @@ impl<S: Storage> Raft<S> {
         self.release_uncommitted();
         self.needs_flush = true;
         self.on_commit_advanced();
+        self.after_commit();
         true
     }
 
@@ -259,8 +274,14 @@ impl<S: Storage> Raft<S> {
             if let Some(ts) = a.entries.iter().map(|e| e.timestamp()).max() {
                 self.last_timestamp = self.last_timestamp.max(ts);
             }
-            self.log.append_from_leader(a.entries);
-            self.log.commit_to(a.commit.min(last_new));
+            // Decode configurations first: a bad one refuses the message
+            // before anything changes.
+            let configs = Self::decode_configs(&a.entries)
+                .map_err(|why| Error::InvalidMessage { from, reason: why })?;
+            if let Some(first) = self.log.append_from_leader(a.entries) {
+                self.configs_rewritten(first, configs);
+            }
+            self.follower_commit_to(a.commit.min(last_new));
             self.send(
                 from,
                 MessageBody::AppendResponse(AppendResponse {
@@ -295,8 +316,14 @@ impl<S: Storage> Raft<S> {
         Ok(())
     }
 
+    fn follower_commit_to(&mut self, index: Index) {
+        if self.log.commit_to(index) {
+            self.after_commit();
+        }
+    }
+
     pub(crate) fn handle_heartbeat(&mut self, from: NodeId, commit: Index, read_seq: u64) {
-        self.log.commit_to(commit);
+        self.follower_commit_to(commit);
         self.send(from, MessageBody::HeartbeatResponse { read_seq });
     }
 }

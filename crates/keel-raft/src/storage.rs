@@ -12,11 +12,54 @@
 //!   "truncate everything from `i`, then append";
 //! - answer `term(first_index() - 1)` (the entry a snapshot replaced, or 0).
 
+use bytes::Bytes;
+use keel_format::EntryKind;
+
 use crate::Entry;
 use crate::error::StorageError;
+use crate::snapshot::SnapshotMeta;
 use crate::types::{Index, Term};
 
 pub trait Storage {
+    /// The latest snapshot: what a follower that needs compacted entries is
+    /// sent. `None` when there is none (then the log must start at 1).
+    fn snapshot(&self) -> Option<SnapshotMeta> {
+        None
+    }
+
+    /// Up to `max_len` bytes of the data of the snapshot at `index`, from
+    /// `offset`. `Err(SnapshotGone)` if that snapshot was replaced.
+    fn snapshot_chunk(
+        &self,
+        index: Index,
+        offset: u64,
+        max_len: usize,
+    ) -> Result<Bytes, StorageError> {
+        let _ = (offset, max_len);
+        Err(StorageError::SnapshotGone(index))
+    }
+
+    /// The last configuration entries of the log (at most two, in index
+    /// order). The default scans backwards from the end; a store that
+    /// indexes entry kinds should answer directly.
+    fn last_config_entries(&self) -> Result<Vec<Entry>, StorageError> {
+        let mut found = Vec::new();
+        let first = self.first_index();
+        let mut hi = self.last_index() + 1;
+        while hi > first && found.len() < 2 {
+            let lo = hi.saturating_sub(256).max(first);
+            let chunk = self.entries(lo, hi, u64::MAX)?;
+            for e in chunk.iter().rev() {
+                if e.kind() == EntryKind::Config && found.len() < 2 {
+                    found.push(e.clone());
+                }
+            }
+            hi = lo;
+        }
+        found.reverse();
+        Ok(found)
+    }
+
     /// Index of the first entry held (entries before it are in a snapshot).
     fn first_index(&self) -> Index;
     /// Index of the last entry held (`first_index() - 1` when empty).
@@ -28,13 +71,15 @@ pub trait Storage {
     fn entries(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError>;
 }
 
-/// Entries kept in memory: for tests, the simulator and benchmarks.
+/// Entries (and a snapshot) kept in memory: for tests, the simulator and
+/// benchmarks.
 #[derive(Debug, Clone, Default)]
 pub struct MemStorage {
-    /// Index and term of the entry before `entries[0]` (snapshot point).
+    /// Index and term of the entry before `entries[0]`.
     base_index: Index,
     base_term: Term,
     entries: Vec<Entry>,
+    snapshot: Option<(SnapshotMeta, Bytes)>,
 }
 
 impl MemStorage {
@@ -81,9 +126,46 @@ impl MemStorage {
     pub fn all(&self) -> &[Entry] {
         &self.entries
     }
+
+    /// Keeps `data` as the latest snapshot (it must cover an index at or
+    /// past the current one).
+    pub fn set_snapshot(&mut self, meta: SnapshotMeta, data: Bytes) {
+        debug_assert_eq!(meta.size, data.len() as u64);
+        self.snapshot = Some((meta, data));
+    }
+
+    /// A snapshot was installed: the log becomes empty right after it.
+    pub fn reset_to_snapshot(&mut self, meta: SnapshotMeta, data: Bytes) {
+        self.entries.clear();
+        self.base_index = meta.index;
+        self.base_term = meta.term;
+        self.set_snapshot(meta, data);
+    }
+
+    pub fn snapshot_data(&self) -> Option<&(SnapshotMeta, Bytes)> {
+        self.snapshot.as_ref()
+    }
 }
 
 impl Storage for MemStorage {
+    fn snapshot(&self) -> Option<SnapshotMeta> {
+        self.snapshot.as_ref().map(|(m, _)| m.clone())
+    }
+    fn snapshot_chunk(
+        &self,
+        index: Index,
+        offset: u64,
+        max_len: usize,
+    ) -> Result<Bytes, StorageError> {
+        match &self.snapshot {
+            Some((m, data)) if m.index == index => {
+                let start = (offset as usize).min(data.len());
+                let end = start.saturating_add(max_len).min(data.len());
+                Ok(data.slice(start..end))
+            }
+            _ => Err(StorageError::SnapshotGone(index)),
+        }
+    }
     fn first_index(&self) -> Index {
         self.base_index + 1
     }

@@ -10,6 +10,14 @@ pub struct Node {
     pub raft: Raft<MemStorage>,
     pub hard_state: HardState,
     pub applied: Vec<Entry>,
+    /// The state machine: every record applied (or restored), in order.
+    pub app: Vec<Vec<u8>>,
+    /// Snapshot chunks received so far.
+    pub staged: Vec<u8>,
+    pub installs: usize,
+    /// The bootstrap configuration this node was created with.
+    pub boot: Membership,
+    pub conf_events: Vec<ConfChangeEvent>,
     pub reads: Vec<ReadState>,
     pub failed_reads: Vec<u64>,
     /// Persistence held back: (persist id, entries, hard state) not yet
@@ -69,8 +77,11 @@ impl Net {
                 membership: Membership::new(voters.iter().copied(), learners.iter().copied()),
                 applied: 0,
             };
+            let boot = init.membership.clone();
             let raft = Raft::new(c, MemStorage::new(), init, id * 7919).unwrap();
-            nodes.insert(id, Node::wrap(raft, HardState::default()));
+            let mut node = Node::wrap(raft, HardState::default());
+            node.boot = boot;
+            nodes.insert(id, node);
         }
         Net {
             nodes,
@@ -151,6 +162,25 @@ impl Net {
         if let Some(ss) = rd.soft_state {
             node.soft_states.push(ss);
         }
+        for c in rd.snapshot_chunks {
+            if c.offset == 0 {
+                node.staged.clear();
+            }
+            assert_eq!(
+                c.offset as usize,
+                node.staged.len(),
+                "chunks arrive in order"
+            );
+            node.staged.extend_from_slice(&c.data);
+        }
+        if let Some(meta) = rd.install_snapshot {
+            let data = bytes::Bytes::from(std::mem::take(&mut node.staged));
+            node.app = decode_app(&data);
+            node.applied.clear();
+            node.installs += 1;
+            node.raft.storage_mut().reset_to_snapshot(meta, data);
+        }
+        node.conf_events.extend(rd.conf_change_events);
         if let Some(pid) = rd.persist_id {
             if node.hold_persist {
                 node.held.push_back((pid, rd.entries, rd.hard_state));
@@ -161,6 +191,9 @@ impl Net {
                 node.raft.storage_mut().append(&rd.entries);
                 node.raft.on_persisted(pid).unwrap();
             }
+        }
+        for e in &rd.committed {
+            node.app.extend(e.records().map(|r| r.to_vec()));
         }
         node.applied.extend(rd.committed);
         node.reads.extend(rd.read_states);
@@ -219,28 +252,54 @@ impl Net {
             .collect()
     }
 
-    /// Payloads of the data records a node applied, in order.
+    /// The data records in a node's state machine, in offset order.
     pub fn applied_data(&self, id: NodeId) -> Vec<Vec<u8>> {
-        self.node(id)
-            .applied
-            .iter()
-            .flat_map(|e| e.records().map(|r| r.to_vec()).collect::<Vec<_>>())
-            .collect()
+        self.node(id).app.clone()
+    }
+
+    /// Adds a node that is not a member yet (it waits to be added).
+    pub fn add_node(&mut self, id: NodeId, tweak: impl Fn(&mut Config)) {
+        let mut c = cfg(id);
+        tweak(&mut c);
+        let raft = Raft::new(c, MemStorage::new(), InitialState::default(), id * 7919).unwrap();
+        self.nodes
+            .insert(id, Node::wrap(raft, HardState::default()));
+    }
+
+    /// Snapshots a node's state machine at its applied index and compacts
+    /// its log, keeping `keep` entries behind the snapshot.
+    pub fn snapshot(&mut self, id: NodeId, keep: u64) -> SnapshotMeta {
+        let node = self.nodes.get_mut(&id).unwrap();
+        let applied = node.raft.status().applied;
+        let mut meta = node.raft.snapshot_meta(applied).unwrap();
+        let data = encode_app(&node.app);
+        meta.size = data.len() as u64;
+        let st = node.raft.storage_mut();
+        st.set_snapshot(meta.clone(), data);
+        st.compact(applied.saturating_sub(keep)).unwrap();
+        meta
     }
 
     /// Restarts a node from what it persisted (storage and hard state).
     pub fn restart(&mut self, id: NodeId) {
         let node = self.nodes.remove(&id).unwrap();
         let c = node.raft.config().clone();
-        let membership = node.raft.membership().clone();
+        let membership = node.boot.clone();
         let storage = node.raft.storage().clone();
+        let applied = node.raft.storage().snapshot().map(|s| s.index).unwrap_or(0);
         let init = InitialState {
             hard_state: node.hard_state,
             membership,
-            applied: 0,
+            applied,
         };
         let raft = Raft::new(c, storage, init, id * 31 + 1).unwrap();
-        self.nodes.insert(id, Node::wrap(raft, node.hard_state));
+        let mut fresh = Node::wrap(raft, node.hard_state);
+        fresh.boot = node.boot.clone();
+        // The state machine restarts from the snapshot, if any.
+        if let Some((_, data)) = fresh.raft.storage().snapshot_data() {
+            fresh.app = decode_app(data);
+        }
+        self.nodes.insert(id, fresh);
     }
 }
 
@@ -253,6 +312,11 @@ impl Node {
             reads: Vec::new(),
             failed_reads: Vec::new(),
             hold_persist: false,
+            app: Vec::new(),
+            staged: Vec::new(),
+            installs: 0,
+            boot: Membership::default(),
+            conf_events: Vec::new(),
             held: VecDeque::new(),
             soft_states: Vec::new(),
         }
@@ -374,4 +438,24 @@ pub fn make_leader(r: &mut Raft<MemStorage>) {
         drain(r);
     }
     assert_eq!(r.role(), Role::Leader);
+}
+
+/// The harness state machine's snapshot: length-prefixed records.
+pub fn encode_app(app: &[Vec<u8>]) -> bytes::Bytes {
+    let mut out = Vec::new();
+    for r in app {
+        out.extend_from_slice(&(r.len() as u32).to_le_bytes());
+        out.extend_from_slice(r);
+    }
+    bytes::Bytes::from(out)
+}
+
+pub fn decode_app(mut b: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while b.len() >= 4 {
+        let n = u32::from_le_bytes(b[..4].try_into().unwrap()) as usize;
+        out.push(b[4..4 + n].to_vec());
+        b = &b[4 + n..];
+    }
+    out
 }

@@ -5,8 +5,10 @@ mod harness;
 
 mod election;
 mod input;
+mod membership;
 mod paper;
 mod persistence;
 mod reads;
 mod replication;
+mod snapshot;
 mod transfer;

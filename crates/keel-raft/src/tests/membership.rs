@@ -1,0 +1,434 @@
+//! Membership changes: joint consensus, learners, removing the leader,
+//! configurations that take effect on append and roll back on truncation.
+
+use super::harness::*;
+use crate::*;
+
+fn voters(net: &Net, id: NodeId) -> Vec<NodeId> {
+    net.node(id)
+        .raft
+        .membership()
+        .voters
+        .iter()
+        .copied()
+        .collect()
+}
+
+fn change(net: &mut Net, leader: NodeId, ops: &[ConfChangeOp]) -> Result<ConfChangeStatus, Error> {
+    let r = net
+        .raft(leader)
+        .propose_conf_change(ops, LaggingLearner::Refuse, 0);
+    net.settle();
+    r
+}
+
+#[test]
+fn add_a_learner_replicate_to_it_then_promote_it() {
+    let mut net = Net::new(3);
+    assert!(net.elect(1));
+    for i in 0..5u8 {
+        net.propose(1, &[i]).unwrap();
+    }
+    net.add_node(4, |_| {});
+    change(&mut net, 1, &[ConfChangeOp::AddLearner(4)]).unwrap();
+    net.tick_all(3);
+    assert!(net.node(4).raft.membership().is_learner(4));
+    assert_eq!(net.applied_data(4).len(), 5, "the learner receives the log");
+    // Promotion goes through a joint configuration and ends in the final one.
+    change(&mut net, 1, &[ConfChangeOp::AddVoter(4)]).unwrap();
+    net.tick_all(3);
+    for id in 1..=4 {
+        assert_eq!(voters(&net, id), vec![1, 2, 3, 4], "node {id}");
+        assert!(
+            !net.node(id).raft.membership().is_joint(),
+            "node {id} left the joint phase"
+        );
+    }
+    let configs = net
+        .node(1)
+        .raft
+        .storage()
+        .all()
+        .iter()
+        .filter(|e| e.kind() == EntryKind::Config)
+        .count();
+    assert_eq!(configs, 3, "learner entry, joint entry, final entry");
+    // Four voters: a quorum is three. Nodes 2 and 3 alone cannot elect...
+    net.isolate(1);
+    net.isolate(4);
+    net.tick_all(60);
+    assert!(
+        net.leaders().iter().all(|l| *l == 1),
+        "two of four voters elected a leader"
+    );
+    // ...but with node 4's vote they can.
+    net.heal();
+    net.isolate(1);
+    net.tick_all(60);
+    let l = net.leaders();
+    assert!(
+        l.iter().any(|l| [2, 3, 4].contains(l)),
+        "node 4's vote should make a quorum: {l:?}"
+    );
+}
+
+#[test]
+fn a_learner_never_counts_toward_commit_nor_votes() {
+    let mut net = Net::with_members(&[1, 2, 3], &[4], |_| {});
+    assert!(net.elect(1));
+    let commit = net.node(1).raft.status().commit;
+    net.isolate(2);
+    net.isolate(3);
+    net.cut
+        .retain(|(a, b)| !((*a == 1 && *b == 4) || (*a == 4 && *b == 1)));
+    net.propose(1, b"x").unwrap();
+    assert_eq!(
+        net.node(4).raft.status().last_index,
+        net.node(1).raft.status().last_index
+    );
+    assert_eq!(
+        net.node(1).raft.status().commit,
+        commit,
+        "leader + learner is no quorum of 3 voters"
+    );
+    // A candidate does not ask a learner for its vote, and a vote from a
+    // learner counts for nothing.
+    let mut net = Net::with_members(&[1, 2, 3], &[4], no_pre_vote);
+    net.isolate(1);
+    net.isolate(3);
+    net.raft(2).start_election();
+    net.settle();
+    assert!(
+        !net.log
+            .iter()
+            .any(|m| m.to == 4 && matches!(m.body, MessageBody::Vote(_)))
+    );
+    let t = net.node(2).raft.term();
+    net.deliver(msg(
+        4,
+        2,
+        t,
+        MessageBody::VoteResponse {
+            pre: false,
+            granted: true,
+        },
+    ));
+    assert_eq!(
+        net.node(2).raft.role(),
+        Role::Candidate,
+        "the learner's vote is not counted"
+    );
+}
+
+#[test]
+fn promoting_a_lagging_learner_is_refused_or_waits() {
+    let mut net = Net::with_members(&[1, 2, 3], &[4], |c| c.learner_max_lag = 2);
+    assert!(net.elect(1));
+    net.isolate(4);
+    for i in 0..10u8 {
+        net.propose(1, &[i]).unwrap();
+    }
+    let e = change(&mut net, 1, &[ConfChangeOp::AddVoter(4)]).unwrap_err();
+    assert!(matches!(e, Error::LearnerLagging { id: 4, .. }), "{e}");
+    let st = net
+        .raft(1)
+        .propose_conf_change(&[ConfChangeOp::AddVoter(4)], LaggingLearner::Wait, 0)
+        .unwrap();
+    assert_eq!(st, ConfChangeStatus::Waiting);
+    assert!(matches!(
+        net.raft(1)
+            .propose_conf_change(&[ConfChangeOp::Remove(2)], LaggingLearner::Refuse, 0),
+        Err(Error::ConfChangeInProgress(_))
+    ));
+    net.heal();
+    net.tick_all(5);
+    assert!(matches!(
+        net.node(1).conf_events[..],
+        [ConfChangeEvent::Proposed(_)]
+    ));
+    assert_eq!(voters(&net, 1), vec![1, 2, 3, 4]);
+
+    // A learner that never catches up: the waiting change is dropped.
+    let mut net = Net::with_members(&[1, 2, 3], &[4], |c| {
+        c.learner_max_lag = 2;
+        c.conf_change_wait_ticks = 20;
+    });
+    assert!(net.elect(1));
+    net.isolate(4);
+    for i in 0..10u8 {
+        net.propose(1, &[i]).unwrap();
+    }
+    net.raft(1)
+        .propose_conf_change(&[ConfChangeOp::AddVoter(4)], LaggingLearner::Wait, 0)
+        .unwrap();
+    net.tick_all(25);
+    assert_eq!(net.node(1).conf_events, vec![ConfChangeEvent::Dropped]);
+    assert_eq!(voters(&net, 1), vec![1, 2, 3]);
+}
+
+#[test]
+fn remove_a_follower() {
+    let mut net = Net::new(3);
+    assert!(net.elect(1));
+    change(&mut net, 1, &[ConfChangeOp::Remove(3)]).unwrap();
+    net.tick_all(3);
+    assert_eq!(voters(&net, 1), vec![1, 2]);
+    // Two voters: node 2 alone cannot commit with node 1, nor 1 without 2.
+    net.isolate(3);
+    net.propose(1, b"after").unwrap();
+    assert_eq!(net.applied_data(2), vec![b"after".to_vec()]);
+    assert!(
+        net.node(1).raft.status().peers.iter().all(|p| p.id != 3),
+        "no progress kept for a removed node"
+    );
+}
+
+#[test]
+fn removing_the_leader_it_leads_until_the_change_commits_then_steps_down() {
+    let mut net = Net::new(3);
+    assert!(net.elect(1));
+    net.propose(1, b"a").unwrap();
+    change(&mut net, 1, &[ConfChangeOp::Remove(1)]).unwrap();
+    // The change committed (joint, then final) and node 1 stepped down.
+    assert_ne!(net.node(1).raft.role(), Role::Leader);
+    assert_eq!(voters(&net, 2), vec![2, 3]);
+    net.tick_all(40);
+    let l = net.leaders();
+    assert_eq!(l.len(), 1);
+    assert!(l[0] == 2 || l[0] == 3);
+    net.propose(l[0], b"b").unwrap();
+    assert_eq!(net.applied_data(2), vec![b"a".to_vec(), b"b".to_vec()]);
+    // The removed node does not campaign.
+    let term = net.node(l[0]).raft.term();
+    net.tick_all(100);
+    assert_eq!(net.node(l[0]).raft.term(), term);
+    assert_eq!(net.node(1).raft.role(), Role::Follower);
+}
+
+#[test]
+fn the_removed_leader_keeps_leading_while_the_new_configuration_is_uncommitted() {
+    let mut net = Net::new(3);
+    assert!(net.elect(1));
+    // Followers cannot acknowledge: nothing of the change commits.
+    net.cut_oneway(2, 1);
+    net.cut_oneway(3, 1);
+    net.raft(1)
+        .propose_conf_change(&[ConfChangeOp::Remove(1)], LaggingLearner::Refuse, 0)
+        .unwrap();
+    net.settle();
+    assert_eq!(net.node(1).raft.role(), Role::Leader);
+    assert!(
+        net.node(1).raft.membership().is_joint(),
+        "joint in force on append, before commit"
+    );
+    net.heal();
+    net.tick_all(2);
+    assert_ne!(net.node(1).raft.role(), Role::Leader);
+}
+
+#[test]
+fn replace_a_majority_in_one_joint_change() {
+    let mut net = Net::new(3);
+    assert!(net.elect(1));
+    for id in [4, 5] {
+        net.add_node(id, |_| {});
+    }
+    net.propose(1, b"before").unwrap();
+    // {1,2,3} -> {3,4,5}: joint needs a majority of both.
+    let r = change(
+        &mut net,
+        1,
+        &[
+            ConfChangeOp::AddVoter(4),
+            ConfChangeOp::AddVoter(5),
+            ConfChangeOp::Remove(1),
+            ConfChangeOp::Remove(2),
+        ],
+    );
+    assert!(matches!(r, Ok(ConfChangeStatus::Proposed(_))));
+    net.tick_all(50);
+    for id in [3, 4, 5] {
+        assert_eq!(voters(&net, id), vec![3, 4, 5], "node {id}");
+    }
+    let l = net.leaders();
+    assert_eq!(l.len(), 1);
+    assert!([3, 4, 5].contains(&l[0]));
+    net.propose(l[0], b"after").unwrap();
+    assert_eq!(
+        net.applied_data(5),
+        vec![b"before".to_vec(), b"after".to_vec()]
+    );
+}
+
+#[test]
+fn a_joint_configuration_needs_both_majorities_to_commit() {
+    let mut net = Net::new(3);
+    assert!(net.elect(1));
+    for id in [4, 5] {
+        net.add_node(id, |_| {});
+    }
+    // New voters 4 and 5 cannot hear anything: the joint entry reaches the
+    // old majority only and must not commit.
+    net.isolate(4);
+    net.isolate(5);
+    net.raft(1)
+        .propose_conf_change(
+            &[
+                ConfChangeOp::AddVoter(4),
+                ConfChangeOp::AddVoter(5),
+                ConfChangeOp::Remove(2),
+            ],
+            LaggingLearner::Refuse,
+            0,
+        )
+        .unwrap();
+    net.settle();
+    let st = net.node(1).raft.status();
+    assert!(net.node(1).raft.membership().is_joint());
+    assert!(
+        st.commit < st.last_index,
+        "the incoming majority {{1,3,4,5}}... needs 4 or 5"
+    );
+    net.heal();
+    net.tick_all(5);
+    assert!(!net.node(1).raft.membership().is_joint());
+}
+
+#[test]
+fn a_second_change_is_refused_until_the_first_completes() {
+    let mut net = Net::new(3);
+    assert!(net.elect(1));
+    net.cut_oneway(2, 1);
+    net.cut_oneway(3, 1);
+    net.raft(1)
+        .propose_conf_change(&[ConfChangeOp::AddLearner(9)], LaggingLearner::Refuse, 0)
+        .unwrap();
+    let e = net
+        .raft(1)
+        .propose_conf_change(&[ConfChangeOp::AddLearner(8)], LaggingLearner::Refuse, 0)
+        .unwrap_err();
+    assert!(matches!(e, Error::ConfChangeInProgress(_)));
+    assert!(e.to_string().contains("retry"));
+    net.heal();
+    net.tick_all(3);
+    net.raft(1)
+        .propose_conf_change(&[ConfChangeOp::AddLearner(8)], LaggingLearner::Refuse, 0)
+        .unwrap();
+    assert!(matches!(
+        net.raft(1).propose_conf_change(
+            &[
+                ConfChangeOp::Remove(1),
+                ConfChangeOp::Remove(2),
+                ConfChangeOp::Remove(3)
+            ],
+            LaggingLearner::Refuse,
+            0
+        ),
+        Err(Error::ConfChangeInProgress(_)) | Err(Error::InvalidConfChange(_))
+    ));
+}
+
+#[test]
+fn a_configuration_takes_effect_on_append_and_rolls_back_when_truncated() {
+    // Follower 2 receives a joint configuration from leader 1 (term 1) that
+    // is never committed; a term-2 leader overwrites it.
+    let mut r = raft_with_log(2, 3, &[1], 1, |_| {});
+    let joint = {
+        let mut m = Membership::new([1, 2, 4], []);
+        m.outgoing = [1, 2, 3].into_iter().collect();
+        m
+    };
+    let e = crate::membership::conf_entry(&joint, 1, 2, 1);
+    r.step(msg(
+        1,
+        2,
+        1,
+        MessageBody::Append(Append {
+            prev_index: 1,
+            prev_term: 1,
+            commit: 1,
+            entries: vec![e],
+        }),
+    ))
+    .unwrap();
+    drain(&mut r);
+    assert_eq!(r.membership(), &joint, "in force as soon as appended");
+    let over = entry(2, 2, 1, b"x");
+    r.step(msg(
+        3,
+        2,
+        2,
+        MessageBody::Append(Append {
+            prev_index: 1,
+            prev_term: 1,
+            commit: 1,
+            entries: vec![over],
+        }),
+    ))
+    .unwrap();
+    drain(&mut r);
+    assert_eq!(
+        r.membership(),
+        &Membership::new([1, 2, 3], []),
+        "rolled back with its entry"
+    );
+}
+
+#[test]
+fn a_configuration_entry_that_does_not_decode_is_refused_untouched() {
+    let mut r = raft_with_log(2, 3, &[1], 1, |_| {});
+    let bad = keel_format::Batch::control(EntryKind::Config, b"\x01\x00garbage", 1, 2, 1, 0);
+    let before = r.status();
+    let e = r.step(msg(
+        1,
+        2,
+        1,
+        MessageBody::Append(Append {
+            prev_index: 1,
+            prev_term: 1,
+            commit: 1,
+            entries: vec![bad],
+        }),
+    ));
+    assert!(matches!(e, Err(Error::InvalidMessage { .. })));
+    assert_eq!(r.status().last_index, before.last_index);
+}
+
+#[test]
+fn a_removed_node_does_not_disrupt_the_cluster() {
+    let mut net = Net::new(3);
+    assert!(net.elect(1));
+    // Node 3 is cut off and misses its own removal.
+    net.isolate(3);
+    change(&mut net, 1, &[ConfChangeOp::Remove(3)]).unwrap();
+    net.tick_all(5);
+    assert_eq!(voters(&net, 1), vec![1, 2]);
+    net.tick_all(100); // node 3 times out again and again (pre-vote)
+    net.heal();
+    let term = net.node(1).raft.term();
+    net.tick_all(100);
+    assert_eq!(net.leaders(), vec![1]);
+    assert_eq!(
+        net.node(1).raft.term(),
+        term,
+        "the removed node's elections must not raise the term"
+    );
+}
+
+#[test]
+fn a_restarted_node_recovers_its_configuration_from_the_log() {
+    let mut net = Net::new(3);
+    assert!(net.elect(1));
+    net.add_node(4, |_| {});
+    change(&mut net, 1, &[ConfChangeOp::AddLearner(4)]).unwrap();
+    change(&mut net, 1, &[ConfChangeOp::AddVoter(4)]).unwrap();
+    net.tick_all(3);
+    net.restart(2);
+    assert_eq!(voters(&net, 2), vec![1, 2, 3, 4]);
+    net.restart(4);
+    assert_eq!(
+        voters(&net, 4),
+        vec![1, 2, 3, 4],
+        "a node added later has no bootstrap configuration"
+    );
+}
