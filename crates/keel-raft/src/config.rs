@@ -33,7 +33,8 @@ pub struct Config {
     /// Run a pre-vote round before raising the term (thesis §9.6).
     pub pre_vote: bool,
     /// A leader steps down when it has not heard from a quorum within an
-    /// election timeout; followers that hear a live leader ignore votes.
+    /// election timeout. (Independently of this, a node that heard a leader
+    /// within an election timeout ignores vote requests: leader stickiness.)
     pub check_quorum: bool,
     /// Upper bound on the bytes of entries in one Append message (one entry
     /// larger than this is still sent alone).

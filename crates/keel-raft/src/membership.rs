@@ -197,7 +197,7 @@ impl<S: Storage> Raft<S> {
 
     /// The configuration in force: the last one appended (or, with the
     /// test-only knob, the last one committed).
-    fn effective_membership(&self) -> Membership {
+    pub(crate) fn effective_membership(&self) -> Membership {
         let at_commit = self.knob(|k| k.apply_conf_at_commit);
         let committed = self.log.committed;
         self.conf_history

@@ -89,7 +89,13 @@ pub(crate) struct SnapshotSend {
     pub(crate) meta: crate::snapshot::SnapshotMeta,
     /// Where the next chunk starts (what the follower has acknowledged).
     pub(crate) next: u64,
-    pub(crate) in_flight: bool,
+    /// The end offset of the chunk in flight: only a response saying
+    /// exactly this advances the transfer at once.
+    pub(crate) in_flight: Option<u64>,
+    /// Another offset the follower asked for (a rewind, or a duplicate's
+    /// stale answer); acted on at the next heartbeat, never at once, so
+    /// duplicated responses cannot multiply chunks.
+    pub(crate) hint: Option<u64>,
 }
 
 impl Progress {

@@ -160,10 +160,7 @@ impl<S: Storage> Raft<S> {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let membership = conf_history
-            .last()
-            .map(|(_, m)| m.clone())
-            .unwrap_or_else(|| base_membership.clone());
+
         let hs = init.hard_state;
         let mut r = Raft {
             term: hs.term,
@@ -171,7 +168,7 @@ impl<S: Storage> Raft<S> {
             role: Role::Follower,
             leader: NONE,
             log,
-            membership,
+            membership: Membership::default(),
             base_membership,
             conf_history,
             waiting_change: None,
@@ -208,6 +205,7 @@ impl<S: Storage> Raft<S> {
             cfg,
         };
         r.reset_randomized_timeout();
+        r.membership = r.effective_membership();
         Ok(r)
     }
 
@@ -389,9 +387,13 @@ impl<S: Storage> Raft<S> {
         if m.term > self.term {
             match &m.body {
                 MessageBody::Vote(v) => {
-                    let in_lease = self.cfg.check_quorum
-                        && self.leader != NONE
-                        && self.election_elapsed < self.cfg.election_tick;
+                    // Thesis §4.2.3: within an election timeout of hearing
+                    // a leader, a vote request is no reason to change term.
+                    // This keeps a removed node that missed its removal (and
+                    // a rejoining one) from deposing leader after leader,
+                    // whether or not pre-vote and check-quorum are on.
+                    let in_lease =
+                        self.leader != NONE && self.election_elapsed < self.cfg.election_tick;
                     if in_lease && !v.transfer {
                         // Leader stickiness: we hear a live leader, so a
                         // disruptive candidate gets no answer and no term bump.
@@ -414,9 +416,7 @@ impl<S: Storage> Raft<S> {
             }
         } else if m.term < self.term {
             match &m.body {
-                MessageBody::Append(_) | MessageBody::Heartbeat { .. }
-                    if self.cfg.check_quorum || self.cfg.pre_vote =>
-                {
+                MessageBody::Append(_) | MessageBody::Heartbeat { .. } => {
                     // A stale leader (perhaps one that could not hear our
                     // newer term while partitioned): tell it, so it steps
                     // down. With pre-vote on, nobody else would.

@@ -77,7 +77,8 @@ impl<S: Storage> Raft<S> {
         pr.snapshot = Some(SnapshotSend {
             meta,
             next: 0,
-            in_flight: false,
+            in_flight: None,
+            hint: None,
         });
         true
     }
@@ -89,7 +90,7 @@ impl<S: Storage> Raft<S> {
             return;
         };
         let Some(send) = &mut pr.snapshot else { return };
-        if send.in_flight {
+        if send.in_flight.is_some() {
             return;
         }
         let chunk = match self
@@ -115,7 +116,7 @@ impl<S: Storage> Raft<S> {
         };
         let pr = self.progress.get_mut(&to).expect("present");
         let send = pr.snapshot.as_mut().expect("present");
-        send.in_flight = true;
+        send.in_flight = Some(send.next + chunk.len() as u64);
         let msg = SnapshotChunk {
             meta: send.meta.clone(),
             offset: send.next,
@@ -153,20 +154,30 @@ impl<S: Storage> Raft<S> {
         if send.meta.index != index {
             return; // about another snapshot
         }
-        send.next = next_offset.min(send.meta.size);
-        send.in_flight = false;
-        self.needs_flush = true;
+        if send.in_flight == Some(next_offset) {
+            // The chunk in flight arrived: send the next one now.
+            send.next = next_offset;
+            send.in_flight = None;
+            send.hint = None;
+            self.needs_flush = true;
+        } else {
+            send.hint = Some(next_offset.min(send.meta.size));
+        }
     }
 
     /// Heartbeat response from a follower in the Snapshot state: a chunk may
-    /// have been lost; resend from the last acknowledged offset.
+    /// have been lost; resend from the last acknowledged offset, or from
+    /// where the follower asked to resume.
     pub(crate) fn snapshot_retry(&mut self, from: NodeId) {
         if let Some(send) = self
             .progress
             .get_mut(&from)
             .and_then(|p| p.snapshot.as_mut())
         {
-            send.in_flight = false;
+            if let Some(h) = send.hint.take() {
+                send.next = h;
+            }
+            send.in_flight = None;
             self.needs_flush = true;
         }
     }

@@ -9,13 +9,16 @@
 //! - state-machine safety: no two nodes apply different entries at one
 //!   index; offsets are dense;
 //! - monotonicity within a node's life: term, commit and applied never move
-//!   back.
+//!   back;
+//! - every node's state equals the committed log replayed: after each
+//!   apply, and after installing a snapshot, its records are exactly a
+//!   prefix of the committed log.
 
 use std::collections::HashMap;
 
-use keel_raft::{Entry, EntryKind, Index, NodeId, Term};
+use keel_raft::{Entry, EntryKind, Index, NodeId, SnapshotMeta, Term};
 
-use crate::node::{SimNode, decode_value};
+use crate::node::{App, SimNode, decode_value};
 
 #[derive(Default)]
 pub struct Invariants {
@@ -27,6 +30,8 @@ pub struct Invariants {
     applied: Vec<u32>,
     /// The user records of the committed log, by offset.
     pub log: Vec<u64>,
+    /// log_hash[n] = hash of the first n records.
+    log_hash: Vec<u64>,
     pub violation: Option<String>,
     pub leader_changes: u64,
 }
@@ -36,6 +41,7 @@ impl Invariants {
         Invariants {
             committed: vec![0],
             applied: vec![0],
+            log_hash: vec![0],
             ..Default::default()
         }
     }
@@ -52,6 +58,36 @@ impl Invariants {
 
     pub fn committed_index(&self) -> Index {
         self.committed.len() as Index - 1
+    }
+
+    /// The committed chain: chain hashes of the committed log by index.
+    pub fn committed_chain(&self) -> &[u64] {
+        &self.committed
+    }
+
+    /// A node's state must be the committed log replayed: its records are
+    /// a prefix of the committed log's.
+    pub fn check_state(&mut self, node: NodeId, app: &App, what: &str) {
+        let n = app.values.len();
+        if n >= self.log_hash.len() || app.hash_of_prefix(n) != self.log_hash[n] {
+            self.fail(format!(
+                "node {node}'s state after {what} ({n} records, applied {}) is not the committed log replayed",
+                app.applied
+            ));
+        }
+    }
+
+    /// A node installed a snapshot: it must describe a committed point.
+    pub fn on_install(&mut self, node: NodeId, meta: &SnapshotMeta, app: &App) {
+        if meta.index as usize >= self.committed.len() {
+            self.fail(format!(
+                "node {node} installed a snapshot at {} beyond the committed log ({})",
+                meta.index,
+                self.committed.len() - 1
+            ));
+            return;
+        }
+        self.check_state(node, app, "a snapshot install");
     }
 
     pub fn on_leader(&mut self, node: &SimNode, term: Term) {
@@ -138,7 +174,11 @@ impl Invariants {
         if e.kind() == EntryKind::Data {
             for r in e.records() {
                 match decode_value(&r) {
-                    Some(v) => self.log.push(v),
+                    Some(v) => {
+                        let h = crate::node::mix(*self.log_hash.last().expect("starts with 0"), v);
+                        self.log.push(v);
+                        self.log_hash.push(h);
+                    }
                     None => self.fail(format!("entry {i} holds a malformed record")),
                 }
             }

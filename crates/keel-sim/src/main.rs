@@ -51,6 +51,9 @@ struct Args {
     /// Print every event of the run (use with --seed).
     #[arg(long)]
     trace: bool,
+    /// With --trace, also print every message delivered.
+    #[arg(long)]
+    trace_messages: bool,
     /// Print one line per seed.
     #[arg(long, short)]
     verbose: bool,
@@ -69,6 +72,7 @@ fn options_for(args: &Args, seed: u64) -> SimOptions {
         clients: args.clients,
         bug: args.bug,
         trace: args.trace,
+        trace_messages: args.trace_messages,
     }
 }
 

@@ -1,23 +1,27 @@
 //! One simulated node: a raft instance, a disk that only keeps what was
 //! reported persisted (plus, at a crash, a random prefix of the writes in
-//! flight), and the application state (the log of user records).
+//! flight), and the application state (the log of user records), which
+//! implements keel-raft's `StateMachine`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use bytes::Bytes;
 use keel_raft::{
     Config, Entry, EntryKind, HardState, Index, InitialState, MemStorage, Membership, NodeId, Raft,
-    Rng, Term,
+    Rng, SnapshotMeta, StateMachine, Storage, Term,
 };
 
 /// A write handed to the disk and not yet reported durable.
 #[derive(Debug, Clone)]
 pub struct InflightWrite {
     pub persist_id: u64,
+    pub install: Option<(SnapshotMeta, Bytes)>,
     pub hard_state: Option<HardState>,
     pub entries: Vec<Entry>,
 }
 
-/// What survives a crash: the durable log and hard state.
+/// What survives a crash: the durable log (with its snapshot) and the hard
+/// state.
 #[derive(Debug, Clone, Default)]
 pub struct Disk {
     pub log: MemStorage,
@@ -27,6 +31,9 @@ pub struct Disk {
 
 impl Disk {
     fn apply(&mut self, w: &InflightWrite) {
+        if let Some((meta, data)) = &w.install {
+            self.log.reset_to_snapshot(meta.clone(), data.clone());
+        }
         if let Some(hs) = w.hard_state {
             self.hard_state = hs;
         }
@@ -62,7 +69,7 @@ impl Disk {
 }
 
 /// The application: the user records in offset order, with a running hash
-/// of every prefix so reads can be checked cheaply.
+/// of every prefix so reads and whole states can be compared cheaply.
 #[derive(Debug, Clone, Default)]
 pub struct App {
     pub values: Vec<u64>,
@@ -76,40 +83,88 @@ pub fn mix(h: u64, v: u64) -> u64 {
     z ^ (z >> 29)
 }
 
+#[derive(Debug)]
+pub struct AppError(pub String);
+
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AppError {}
+
 impl App {
     pub fn hash_of_prefix(&self, n: usize) -> u64 {
         if n == 0 { 0 } else { self.prefix_hash[n - 1] }
     }
 
-    /// Applies one committed entry; returns an error if its offsets do not
-    /// continue the log.
-    pub fn apply(&mut self, e: &Entry) -> Result<(), String> {
+    fn push(&mut self, v: u64) {
+        let h = mix(self.hash_of_prefix(self.values.len()), v);
+        self.values.push(v);
+        self.prefix_hash.push(h);
+    }
+}
+
+impl StateMachine for App {
+    type Error = AppError;
+
+    fn apply(&mut self, e: &Entry) -> Result<(), AppError> {
         if e.index() != self.applied + 1 {
-            return Err(format!(
+            return Err(AppError(format!(
                 "applied index {} after {}",
                 e.index(),
                 self.applied
-            ));
+            )));
         }
         self.applied = e.index();
         if e.base_offset() != self.values.len() as u64 {
-            return Err(format!(
+            return Err(AppError(format!(
                 "entry {} starts at offset {} but the log has {} records",
                 e.index(),
                 e.base_offset(),
                 self.values.len()
-            ));
+            )));
         }
         if e.kind() == EntryKind::Data {
             for r in e.records() {
                 let v = decode_value(&r).ok_or_else(|| {
-                    format!("entry {} holds a record that is not a value", e.index())
+                    AppError(format!(
+                        "entry {} holds a record that is not a value",
+                        e.index()
+                    ))
                 })?;
-                let h = mix(self.hash_of_prefix(self.values.len()), v);
-                self.values.push(v);
-                self.prefix_hash.push(h);
+                self.push(v);
             }
         }
+        Ok(())
+    }
+
+    fn applied(&self) -> Index {
+        self.applied
+    }
+
+    fn snapshot(&mut self) -> Result<Bytes, AppError> {
+        let mut out = Vec::with_capacity(self.values.len() * 8);
+        for v in &self.values {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        Ok(Bytes::from(out))
+    }
+
+    fn restore(&mut self, meta: &SnapshotMeta, data: Bytes) -> Result<(), AppError> {
+        if !data.len().is_multiple_of(8) || (data.len() / 8) as u64 != meta.next_offset {
+            return Err(AppError(format!(
+                "snapshot of {} bytes does not hold the {} records its description says",
+                data.len(),
+                meta.next_offset
+            )));
+        }
+        *self = App::default();
+        for c in data.chunks_exact(8) {
+            self.push(u64::from_le_bytes(c.try_into().expect("chunks of 8")));
+        }
+        self.applied = meta.index;
         Ok(())
     }
 }
@@ -134,18 +189,23 @@ pub struct SimNode {
     pub up: bool,
     /// Bumped at every restart: events of an earlier life are ignored.
     pub incarnation: u64,
-    /// Paused (SIGSTOP): input waits in `inbox` until resumed.
+    /// Paused (SIGSTOP): input waits until resumed.
     pub paused: bool,
     pub raft: Raft<MemStorage>,
     pub disk: Disk,
     pub app: App,
+    /// Snapshot chunks received and not yet installed (volatile).
+    pub staged: Vec<u8>,
+    /// The configuration this node was created with (empty for a node that
+    /// waits to be added).
+    pub boot: Membership,
     /// Chain hash of the written log: chain[i] covers entries 1..=i.
     pub chain: Vec<u64>,
     /// Proposals awaiting their entry's fate: index -> (term, op).
     pub proposals: BTreeMap<Index, (Term, PendingOp)>,
     /// Indexes of the proposals that were pending when the faults healed;
     /// liveness requires each to be resolved.
-    pub pending_at_heal: std::collections::BTreeSet<Index>,
+    pub pending_at_heal: BTreeSet<Index>,
     /// Reads by ctx, then confirmed reads waiting for apply.
     pub reads: BTreeMap<u64, PendingOp>,
     pub confirmed_reads: Vec<(Index, PendingOp)>,
@@ -157,14 +217,33 @@ pub struct SimNode {
 }
 
 impl SimNode {
-    pub fn new(id: NodeId, cfg: Config, membership: Membership, disk: Disk, seed: u64) -> SimNode {
+    /// Starts a node over what its disk holds: the state machine from the
+    /// durable snapshot, the log after it. `committed_chain` is the global
+    /// committed chain, which covers the snapshot's index.
+    pub fn new(
+        id: NodeId,
+        cfg: Config,
+        boot: Membership,
+        disk: Disk,
+        seed: u64,
+        committed_chain: &[u64],
+    ) -> SimNode {
+        let mut app = App::default();
+        let mut applied = 0;
+        if let Some((meta, data)) = disk.log.snapshot_data() {
+            app.restore(meta, data.clone())
+                .expect("the simulator's own snapshot restores");
+            applied = meta.index;
+        }
         let init = InitialState {
             hard_state: disk.hard_state,
-            membership,
-            applied: 0,
+            membership: boot.clone(),
+            applied,
         };
         let raft =
             Raft::new(cfg, disk.log.clone(), init, seed).expect("simulator configuration is valid");
+        let base = raft.storage().first_index() - 1;
+        let chain = committed_chain[..=(base as usize).min(committed_chain.len() - 1)].to_vec();
         let mut n = SimNode {
             id,
             up: true,
@@ -172,10 +251,12 @@ impl SimNode {
             paused: false,
             raft,
             disk,
-            app: App::default(),
-            chain: vec![0],
+            app,
+            staged: Vec::new(),
+            boot,
+            chain,
             proposals: BTreeMap::new(),
-            pending_at_heal: Default::default(),
+            pending_at_heal: BTreeSet::new(),
             reads: BTreeMap::new(),
             confirmed_reads: Vec::new(),
             disk_busy_until: 0,
@@ -204,5 +285,10 @@ impl SimNode {
             out.push((e.index(), e.term(), h));
         }
         out
+    }
+
+    /// Whether the node is a member in the configuration `m`.
+    pub fn member_of(&self, m: &Membership) -> bool {
+        m.is_member(self.id)
     }
 }

@@ -16,24 +16,30 @@ pub enum FaultMix {
     Crash,
     /// Fast leader churn: leaders crashed or cut off with a minority every
     /// few hundred milliseconds, so logs diverge across terms (Figure 8).
-    Churn,
+    Leaders,
     /// The shape of the Raft paper's Figure 8, steered with random timing: a
     /// leader holding uncommitted entries is cut off, the next leader is cut
     /// off right after its election, the first returns while its no-op is
     /// being lost, then the sides swap.
     Figure8,
+    /// Membership churn (3 to 7 voters from a pool of 7 nodes: learners
+    /// added and promoted, voters removed, replaced and demoted, the leader
+    /// removed) with snapshots and compaction, under partitions, crashes and
+    /// message loss.
+    Membership,
     /// Everything at once, plus leadership transfers.
     Mixed,
 }
 
 impl FaultMix {
-    pub const ALL: [FaultMix; 7] = [
+    pub const ALL: [FaultMix; 8] = [
         FaultMix::None,
         FaultMix::Lossy,
         FaultMix::Partition,
         FaultMix::Crash,
-        FaultMix::Churn,
+        FaultMix::Leaders,
         FaultMix::Figure8,
+        FaultMix::Membership,
         FaultMix::Mixed,
     ];
 
@@ -43,8 +49,9 @@ impl FaultMix {
             FaultMix::Lossy => "lossy",
             FaultMix::Partition => "partition",
             FaultMix::Crash => "crash",
-            FaultMix::Churn => "churn",
+            FaultMix::Leaders => "leaders",
             FaultMix::Figure8 => "figure8",
+            FaultMix::Membership => "membership",
             FaultMix::Mixed => "mixed",
         }
     }
@@ -59,6 +66,10 @@ pub enum Bug {
     VoteWithoutLogCheck,
     /// Send vote grants and append acknowledgements before persisting.
     AckBeforePersist,
+    /// Let configurations take effect at commit instead of on append.
+    ApplyConfAtCommit,
+    /// Change voters in one step, without the joint configuration.
+    SkipJoint,
 }
 
 impl Bug {
@@ -67,6 +78,8 @@ impl Bug {
             Bug::CommitOldTerm => "commit-old-term",
             Bug::VoteWithoutLogCheck => "vote-without-log-check",
             Bug::AckBeforePersist => "ack-before-persist",
+            Bug::ApplyConfAtCommit => "apply-conf-at-commit",
+            Bug::SkipJoint => "skip-joint",
         }
     }
 }
@@ -84,6 +97,8 @@ pub struct SimOptions {
     pub bug: Option<Bug>,
     /// Print the event trace.
     pub trace: bool,
+    /// With `trace`, also print every message delivered.
+    pub trace_messages: bool,
 }
 
 impl Default for SimOptions {
@@ -96,6 +111,7 @@ impl Default for SimOptions {
             clients: 4,
             bug: None,
             trace: false,
+            trace_messages: false,
         }
     }
 }

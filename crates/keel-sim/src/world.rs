@@ -13,6 +13,28 @@ use crate::history::{History, OpKind, Outcome};
 use crate::invariants::Invariants;
 use crate::node::{Disk, PendingOp, SimNode, encode_value};
 use crate::options::{Bug, FaultMix, SimOptions};
+use keel_raft::{ConfChangeOp, LaggingLearner, StateMachine, Storage};
+
+/// A message body without its payloads, for traces.
+fn short(b: &MessageBody) -> String {
+    match b {
+        MessageBody::Append(a) => format!(
+            "prev ({}, {}) commit {} entries {}",
+            a.prev_index,
+            a.prev_term,
+            a.commit,
+            a.entries.len()
+        ),
+        MessageBody::Snapshot(c) => format!(
+            "snapshot {} offset {} len {} done {}",
+            c.meta.index,
+            c.offset,
+            c.data.len(),
+            c.done
+        ),
+        other => format!("{other:?}"),
+    }
+}
 
 /// Microseconds of simulated time per raft tick.
 pub const TICK_US: u64 = 10_000;
@@ -61,6 +83,8 @@ enum Event {
     Resume(NodeId),
     /// Crash this node if it still leads this term (churn).
     CrashLeader(NodeId, u64),
+    /// The node snapshots its state machine and compacts its log.
+    Snapshot(NodeId),
     Heal,
 }
 
@@ -139,13 +163,19 @@ pub struct World {
     seq: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
     nodes: Vec<SimNode>,
-    membership: Membership,
+    /// Nodes that exist: the first `opts.nodes` start as voters, the rest
+    /// wait to be added (membership churn).
+    pool: u64,
+    /// Entries a node keeps behind its snapshot when compacting.
+    keep_entries: u64,
     net: Network,
     clients: Vec<Client>,
     pub history: History,
     pub inv: Invariants,
     healed_at: Option<u64>,
     fig8: Fig8,
+    /// The last messages delivered, for livelock reports.
+    recent: std::collections::VecDeque<String>,
     stats: RunStats,
     cfg_template: Config,
 }
@@ -154,7 +184,9 @@ impl World {
     pub fn new(opts: SimOptions, seed: u64) -> World {
         let mut rng = Rng::new(seed ^ 0x005E_ED0F_4EE1);
         let n = opts.nodes as u64;
-        let membership = Membership::new(1..=n, []);
+        let churn = matches!(opts.faults, FaultMix::Membership | FaultMix::Mixed);
+        let pool = if churn { 7.max(n) } else { n };
+        let boot = Membership::new(1..=n, []);
         // Vary the configuration by seed, within what is safe to vary.
         let mut tmpl = Config::new(1, 1);
         tmpl.election_tick = 10;
@@ -184,17 +216,30 @@ impl World {
             tmpl.preferred_leaders = vec![rng.range(1, n + 1)];
             tmpl.preferred_settle_ticks = 20;
         }
+        // Snapshots in most churn seeds and half the others; without them a
+        // restarted node rebuilds its configuration from the log alone.
+        let snapshots = rng.chance(if churn { 0.7 } else { 0.5 });
+        let keep_entries = [0, 5, 50][rng.range(0, 3) as usize];
+        tmpl.snapshot_chunk_bytes = [64, 1024, 1 << 20][rng.range(0, 3) as usize];
+        tmpl.learner_max_lag = [0, 16, 1000][rng.range(0, 3) as usize];
         match opts.bug {
             Some(Bug::CommitOldTerm) => tmpl.knobs.commit_old_term = true,
             Some(Bug::VoteWithoutLogCheck) => tmpl.knobs.vote_without_log_check = true,
             Some(Bug::AckBeforePersist) => tmpl.knobs.ack_before_persist = true,
+            Some(Bug::ApplyConfAtCommit) => tmpl.knobs.apply_conf_at_commit = true,
+            Some(Bug::SkipJoint) => tmpl.knobs.skip_joint = true,
             None => {}
         }
-        let nodes = (1..=n)
+        let nodes = (1..=pool)
             .map(|id| {
                 let mut c = tmpl.clone();
                 c.id = id;
-                SimNode::new(id, c, membership.clone(), Disk::default(), rng.next_u64())
+                let b = if id <= n {
+                    boot.clone()
+                } else {
+                    Membership::default()
+                };
+                SimNode::new(id, c, b, Disk::default(), rng.next_u64(), &[0])
             })
             .collect();
         let clients = (0..opts.clients)
@@ -212,19 +257,25 @@ impl World {
             seq: 0,
             queue: BinaryHeap::new(),
             nodes,
-            membership,
+            pool,
+            keep_entries,
             net: Network::default(),
             clients,
             history: History::default(),
             inv: Invariants::new(),
             healed_at: None,
             fig8: Fig8::Calm,
+            recent: std::collections::VecDeque::new(),
             stats: RunStats::default(),
             cfg_template: tmpl,
         };
-        for id in 1..=n {
+        for id in 1..=pool {
             let phase = w.rng.range(0, TICK_US);
             w.schedule(phase, Event::Tick(id));
+            if snapshots {
+                let at = w.rng.range(100_000, 2_000_000);
+                w.schedule(at, Event::Snapshot(id));
+            }
         }
         for c in 0..w.clients.len() {
             let at = w.rng.range(0, 50_000);
@@ -268,10 +319,12 @@ impl World {
             }
             self.stats.events += 1;
             if self.stats.events > EVENT_BUDGET {
+                let recent: Vec<&str> = self.recent.iter().map(String::as_str).collect();
                 return Err(format!(
-                    "livelock: more than {EVENT_BUDGET} events by {} simulated ms ({} messages sent)",
+                    "livelock: more than {EVENT_BUDGET} events by {} simulated ms ({} messages sent); last delivered: {}",
                     self.now / 1000,
-                    self.stats.messages
+                    self.stats.messages,
+                    recent.join(", ")
                 ));
             }
             self.handle(s.event);
@@ -305,10 +358,17 @@ impl World {
     /// After healing: a leader, every client's new append acknowledged, and
     /// every proposal any node accepted resolved (committed or overwritten).
     fn live(&self) -> bool {
-        self.healed_at.is_some()
-            && self.clients.iter().all(|c| c.ok_after_heal)
-            && self.nodes.iter().any(|n| n.raft.role() == Role::Leader)
-            && self.nodes.iter().all(|n| n.pending_at_heal.is_empty())
+        if self.healed_at.is_none() || !self.clients.iter().all(|c| c.ok_after_heal) {
+            return false;
+        }
+        let Some(l) = self.leader() else { return false };
+        // A node removed from the group hears nothing more, so its pending
+        // proposals stay unresolved there (their clients time out).
+        let members = self.nodes[l as usize - 1].raft.membership();
+        self.nodes
+            .iter()
+            .filter(|n| n.member_of(members))
+            .all(|n| n.pending_at_heal.is_empty())
     }
 
     fn finish(&mut self) -> Result<RunStats, String> {
@@ -360,6 +420,7 @@ impl World {
                     self.crash(id, after);
                 }
             }
+            Event::Snapshot(id) => self.take_snapshot(id),
             Event::Heal => self.heal(),
         }
     }
@@ -394,6 +455,25 @@ impl World {
         }
         if self.deferred(to, &Event::Deliver(m.clone())) {
             return;
+        }
+        if self.stats.events + 12 > EVENT_BUDGET {
+            if self.recent.len() == 12 {
+                self.recent.pop_front();
+            }
+            let what = format!("{} {}->{} t{}", m.body.kind(), m.from, m.to, m.term);
+            self.recent.push_back(what);
+        }
+        if self.opts.trace_messages {
+            self.trace(|| {
+                format!(
+                    "deliver {} {}->{} t{}: {:?}",
+                    m.body.kind(),
+                    m.from,
+                    m.to,
+                    m.term,
+                    short(&m.body)
+                )
+            });
         }
         // Errors are refusals of bad input; the core stays consistent.
         let _ = self.node(to).raft.step(m);
@@ -491,7 +571,7 @@ impl World {
                 self.inv.on_leader(n, ss.term);
                 self.trace(|| format!("node {id} leads term {}", ss.term));
                 self.fig8_on_leader(id);
-                if self.opts.faults == FaultMix::Churn
+                if self.opts.faults == FaultMix::Leaders
                     && self.healed_at.is_none()
                     && self.rng.chance(0.3)
                 {
@@ -500,12 +580,51 @@ impl World {
                     self.schedule(after, Event::CrashLeader(id, ss.term));
                 }
             }
+            let node = &mut self.nodes[idx];
+            for c in rd.snapshot_chunks {
+                if c.offset == 0 {
+                    node.staged.clear();
+                }
+                if c.offset as usize != node.staged.len() {
+                    let what = format!(
+                        "node {id} was handed snapshot chunk at {} with {} staged",
+                        c.offset,
+                        node.staged.len()
+                    );
+                    self.inv.violation.get_or_insert(what);
+                    return;
+                }
+                node.staged.extend_from_slice(&c.data);
+            }
+            let mut install = None;
+            if let Some(meta) = rd.install_snapshot {
+                let data = bytes::Bytes::from(std::mem::take(&mut node.staged));
+                if let Err(e) = node.app.restore(&meta, data.clone()) {
+                    self.inv.violation.get_or_insert(format!("node {id}: {e}"));
+                    return;
+                }
+                node.raft
+                    .storage_mut()
+                    .reset_to_snapshot(meta.clone(), data.clone());
+                // Proposals this node made up to the snapshot point: their
+                // fate is inside the snapshot, unknown here.
+                let keep = node.proposals.split_off(&(meta.index + 1));
+                node.proposals = keep;
+                node.pending_at_heal.retain(|i| *i > meta.index);
+                let chain = self.inv.committed_chain();
+                node.chain = chain[..=(meta.index as usize).min(chain.len() - 1)].to_vec();
+                let app = node.app.clone();
+                self.inv.on_install(id, &meta, &app);
+                self.trace(|| format!("node {id} installs a snapshot at {}", meta.index));
+                install = Some((meta, data));
+            }
             if let Some(pid) = rd.persist_id {
                 let node = &mut self.nodes[idx];
                 node.raft.storage_mut().append(&rd.entries);
                 let written = node.extend_chain(&rd.entries);
                 node.disk.inflight.push_back(crate::node::InflightWrite {
                     persist_id: pid,
+                    install,
                     hard_state: rd.hard_state,
                     entries: rd.entries,
                 });
@@ -542,6 +661,9 @@ impl World {
                     return;
                 }
                 node.pending_at_heal.remove(&e.index());
+                let app = node.app.clone();
+                self.inv.check_state(id, &app, "applying");
+                let node = &mut self.nodes[idx];
                 if let Some((term, op)) = node.proposals.remove(&e.index()) {
                     let reply = if term == e.term() {
                         Reply::Appended(e.base_offset())
@@ -683,7 +805,7 @@ impl World {
         if self.clients[op.client].current != Some(op.op) {
             return; // timed out already
         }
-        let n = self.opts.nodes as u64;
+        let n = self.pool;
         let outcome = match reply {
             Reply::NotLeader(leader) => {
                 // Refused before proposing: safe to retry the same value.
@@ -716,7 +838,7 @@ impl World {
             OpKind::Append(_) => Outcome::Unknown,
             OpKind::Read => Outcome::Failed,
         };
-        let n = self.opts.nodes as u64;
+        let n = self.pool;
         self.clients[op.client].target = self.rng.range(1, n + 1);
         self.finish_op(op, outcome);
     }
@@ -764,7 +886,8 @@ impl World {
         let disk = std::mem::take(&mut self.nodes[idx].disk);
         let incarnation = self.nodes[idx].incarnation + 1;
         let seed = self.rng.next_u64();
-        let mut node = SimNode::new(id, cfg, self.membership.clone(), disk, seed);
+        let boot = self.nodes[idx].boot.clone();
+        let mut node = SimNode::new(id, cfg, boot, disk, seed, self.inv.committed_chain());
         node.incarnation = incarnation;
         self.nodes[idx] = node;
         // The restarted node's chain must agree with what others hold.
@@ -775,6 +898,8 @@ impl World {
             .map(|e| (e.index(), e.term(), chain[e.index() as usize]))
             .collect();
         self.inv.on_written(id, &triples);
+        let app = self.nodes[idx].app.clone();
+        self.inv.check_state(id, &app, "a restart");
         self.trace(|| format!("node {id} restarted"));
         self.process(id);
     }
@@ -788,12 +913,12 @@ impl World {
     }
 
     fn random_node(&mut self) -> NodeId {
-        self.rng.range(1, self.opts.nodes as u64 + 1)
+        self.rng.range(1, self.pool + 1)
     }
 
     fn partition(&mut self, groups: &[Vec<NodeId>]) {
         self.net.cut.clear();
-        let n = self.opts.nodes as u64;
+        let n = self.pool;
         for a in 1..=n {
             for b in 1..=n {
                 let together = groups.iter().any(|g| g.contains(&a) && g.contains(&b));
@@ -815,13 +940,21 @@ impl World {
             FaultMix::Lossy => self.lossy(),
             FaultMix::Partition => self.partition_fault(pick),
             FaultMix::Crash => self.crash_fault(pick),
-            FaultMix::Churn => self.churn_fault(pick),
+            FaultMix::Leaders => self.leaders_fault(pick),
             FaultMix::Figure8 => self.fig8_step(),
-            FaultMix::Mixed => match self.rng.range(0, 5) {
+            FaultMix::Membership => match self.rng.range(0, 7) {
+                0..=2 => self.membership_change(),
+                3 => self.lossy(),
+                4 => self.partition_fault(pick),
+                5 => self.crash_outsiders(),
+                _ => self.crash_fault(pick),
+            },
+            FaultMix::Mixed => match self.rng.range(0, 6) {
                 0 => self.lossy(),
                 1 => self.partition_fault(pick),
                 2 => self.crash_fault(pick),
-                3 => self.churn_fault(pick),
+                3 => self.leaders_fault(pick),
+                4 => self.membership_change(),
                 _ => {
                     if let Some(l) = self.leader() {
                         let to = self.random_node();
@@ -832,12 +965,123 @@ impl World {
                 }
             },
         }
-        let next = if mix == FaultMix::Churn || mix == FaultMix::Figure8 {
+        let next = if mix == FaultMix::Leaders || mix == FaultMix::Figure8 {
             self.rng.range(30_000, 400_000)
         } else {
             self.rng.range(100_000, 1_500_000)
         };
         self.schedule(next, Event::Nemesis);
+    }
+
+    /// A membership change on the current leader, keeping 3 to 7 voters.
+    fn membership_change(&mut self) {
+        let Some(l) = self.leader() else { return };
+        let m = self.nodes[l as usize - 1].raft.membership().clone();
+        if m.is_joint() {
+            return;
+        }
+        let voters: Vec<NodeId> = m.voters.iter().copied().collect();
+        let learners: Vec<NodeId> = m
+            .learners
+            .iter()
+            .copied()
+            .filter(|x| !m.voters.contains(x))
+            .collect();
+        let outside: Vec<NodeId> = (1..=self.pool).filter(|x| !m.is_member(*x)).collect();
+        let pick = |rng: &mut Rng, v: &[NodeId]| v[rng.range(0, v.len() as u64) as usize];
+        let mut ops = Vec::new();
+        match self.rng.range(0, 6) {
+            0 if !outside.is_empty() => {
+                ops.push(ConfChangeOp::AddLearner(pick(&mut self.rng, &outside)))
+            }
+            1 if !learners.is_empty() && voters.len() < 7 => {
+                ops.push(ConfChangeOp::AddVoter(pick(&mut self.rng, &learners)))
+            }
+            2 if voters.len() > 3 => {
+                let v = if self.rng.chance(0.5) {
+                    l
+                } else {
+                    pick(&mut self.rng, &voters)
+                };
+                ops.push(ConfChangeOp::Remove(v));
+            }
+            3 => {
+                // Replace one or two voters at once (new ones from the
+                // learners or from outside the group).
+                let k = self.rng.range(1, 3) as usize;
+                let mut fresh: Vec<NodeId> =
+                    learners.iter().chain(outside.iter()).copied().collect();
+                for i in 0..k.min(voters.len()).min(fresh.len()) {
+                    let j = self.rng.range(i as u64, fresh.len() as u64) as usize;
+                    fresh.swap(i, j);
+                    ops.push(ConfChangeOp::AddVoter(fresh[i]));
+                    ops.push(ConfChangeOp::Remove(pick(&mut self.rng, &voters)));
+                }
+            }
+            4 if voters.len() > 3 => {
+                ops.push(ConfChangeOp::AddLearner(pick(&mut self.rng, &voters)))
+            }
+            5 if !learners.is_empty() => {
+                ops.push(ConfChangeOp::Remove(pick(&mut self.rng, &learners)))
+            }
+            _ => return,
+        }
+        let policy = if self.rng.chance(0.5) {
+            LaggingLearner::Wait
+        } else {
+            LaggingLearner::Refuse
+        };
+        let now_ms = self.now / 1000;
+        let r = self.node(l).raft.propose_conf_change(&ops, policy, now_ms);
+        self.trace(|| format!("membership change on {l}: {ops:?} -> {r:?}"));
+        self.process(l);
+    }
+
+    /// Crash and restart the nodes that are not voters of the leader's
+    /// configuration (removed ones still run): they come back knowing only
+    /// what they persisted.
+    fn crash_outsiders(&mut self) {
+        let Some(l) = self.leader() else { return };
+        let m = self.nodes[l as usize - 1].raft.membership().clone();
+        for id in 1..=self.pool {
+            if !m.is_voter(id) && self.rng.chance(0.7) {
+                let after = self.rng.range(10_000, 300_000);
+                self.crash(id, after);
+            }
+        }
+    }
+
+    /// A node snapshots its state machine at its applied index, keeps the
+    /// snapshot durably, and compacts its log (keeping some entries).
+    fn take_snapshot(&mut self, id: NodeId) {
+        let next = self.rng.range(200_000, 2_000_000);
+        self.schedule(next, Event::Snapshot(id));
+        let keep = self.keep_entries;
+        let node = &mut self.nodes[id as usize - 1];
+        if !node.up || node.paused {
+            return;
+        }
+        let applied = node.app.applied;
+        let current = node.raft.storage().snapshot().map(|s| s.index).unwrap_or(0);
+        if applied <= current {
+            return;
+        }
+        let Ok(mut meta) = node.raft.snapshot_meta(applied) else {
+            return;
+        };
+        let data = node
+            .app
+            .snapshot()
+            .expect("the simulator's state snapshots");
+        meta.size = data.len() as u64;
+        let upto = applied.saturating_sub(keep);
+        for log in [node.raft.storage_mut(), &mut node.disk.log] {
+            log.set_snapshot(meta.clone(), data.clone());
+            if upto > log.first_index() {
+                let _ = log.compact(upto);
+            }
+        }
+        self.trace(|| format!("node {id} snapshots at {applied}, compacts to {upto}"));
     }
 
     fn lossy(&mut self) {
@@ -849,7 +1093,7 @@ impl World {
     }
 
     fn partition_fault(&mut self, pick: u64) {
-        let n = self.opts.nodes as u64;
+        let n = self.pool;
         let mut ids: Vec<NodeId> = (1..=n).collect();
         match pick {
             0..=24 => {
@@ -917,7 +1161,7 @@ impl World {
     }
 
     fn crash_fault(&mut self, pick: u64) {
-        let n = self.opts.nodes as u64;
+        let n = self.pool;
         match pick {
             0..=34 => {
                 let id = self.random_node();
@@ -974,8 +1218,8 @@ impl World {
     /// Leader churn: the leader is crashed, or cut off together with at most
     /// a minority that keeps taking its entries, or the network heals; disks
     /// turn slow and fast.
-    fn churn_fault(&mut self, pick: u64) {
-        let n = self.opts.nodes as u64;
+    fn leaders_fault(&mut self, pick: u64) {
+        let n = self.pool;
         match pick {
             0..=29 => {
                 if let Some(l) = self.leader() {
@@ -1019,7 +1263,7 @@ impl World {
 
     /// One step of the Figure 8 cycle (see [`Fig8`]).
     fn fig8_step(&mut self) {
-        let n = self.opts.nodes as u64;
+        let n = self.pool;
         match self.fig8 {
             Fig8::Calm => {
                 if let Some(l1) = self.leader() {
@@ -1050,7 +1294,7 @@ impl World {
             && id != l1
         {
             // Cut the new leader off at once: its no-op stays with it.
-            let n = self.opts.nodes as u64;
+            let n = self.pool;
             let rest: Vec<NodeId> = (1..=n).filter(|i| *i != id).collect();
             self.trace(|| format!("figure 8: cut off new leader {id}, {l1} returns"));
             self.partition(&[vec![id], rest]);
@@ -1063,7 +1307,7 @@ impl World {
         self.healed_at = Some(self.now);
         self.net = Network::default();
         self.trace(|| "heal: network whole, every node up".into());
-        for id in 1..=self.opts.nodes as NodeId {
+        for id in 1..=self.pool {
             self.node(id).paused = false;
             self.node(id).disk_slow = false;
             self.restart(id);

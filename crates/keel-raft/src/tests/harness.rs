@@ -44,6 +44,8 @@ pub struct Net {
     pub now: u64,
     /// Drops every message for which this returns true.
     pub drop_if: Option<fn(&Message) -> bool>,
+    /// Delivers every message twice.
+    pub duplicate: bool,
 }
 
 pub fn cfg(id: NodeId) -> Config {
@@ -91,6 +93,7 @@ impl Net {
             step_errors: Vec::new(),
             now: 1_000,
             drop_if: None,
+            duplicate: false,
         }
     }
 
@@ -198,6 +201,9 @@ impl Net {
         node.applied.extend(rd.committed);
         node.reads.extend(rd.read_states);
         node.failed_reads.extend(rd.failed_reads);
+        if self.duplicate {
+            self.queue.extend(rd.messages.iter().cloned());
+        }
         self.queue.extend(rd.messages);
         true
     }

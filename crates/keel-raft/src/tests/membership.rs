@@ -416,6 +416,35 @@ fn a_removed_node_does_not_disrupt_the_cluster() {
 }
 
 #[test]
+fn a_removed_node_does_not_disrupt_even_without_pre_vote_or_check_quorum() {
+    // Found by the simulator: a removed node that missed its removal kept
+    // raising its term and deposed every new leader before the new voters
+    // could finish catching up. Leader stickiness must not hinge on
+    // check-quorum.
+    let mut net = Net::with(3, no_pre_vote);
+    assert!(net.elect(1));
+    // Node 3 gets the joint configuration (it still votes in it) but
+    // misses everything after: it believes it is a voter.
+    net.drop_if = Some(|m| m.to == 3 && matches!(&m.body, MessageBody::Append(a) if a.commit >= 3));
+    change(&mut net, 1, &[ConfChangeOp::Remove(3)]).unwrap();
+    net.tick_all(5);
+    net.drop_if = None;
+    assert_eq!(voters(&net, 1), vec![1, 2]);
+    assert!(
+        net.node(3).raft.membership().is_voter(3),
+        "node 3 must not know it was removed"
+    );
+    let term = net.node(1).raft.term();
+    net.tick_all(200);
+    assert_eq!(
+        net.leaders(),
+        vec![1],
+        "the removed node deposed the leader"
+    );
+    assert_eq!(net.node(1).raft.term(), term);
+}
+
+#[test]
 fn a_restarted_node_recovers_its_configuration_from_the_log() {
     let mut net = Net::new(3);
     assert!(net.elect(1));
@@ -431,4 +460,71 @@ fn a_restarted_node_recovers_its_configuration_from_the_log() {
         vec![1, 2, 3, 4],
         "a node added later has no bootstrap configuration"
     );
+}
+
+/// With the test-only knob that applies configurations at commit, a node
+/// that restarts (its commit index is not durable) falls back to an older
+/// configuration; two removed nodes then form a majority of the first one,
+/// elect a leader and commit entries the real group never had.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn applying_configurations_at_commit_lets_removed_nodes_commit_a_divergent_log() {
+    for knob in [false, true] {
+        let mut net = Net::with(3, |c| c.knobs.apply_conf_at_commit = knob);
+        assert!(net.elect(1));
+        net.propose(1, b"a").unwrap();
+        change(&mut net, 1, &[ConfChangeOp::Remove(3)]).unwrap();
+        net.tick_all(3);
+        change(&mut net, 1, &[ConfChangeOp::Remove(2)]).unwrap();
+        net.tick_all(3);
+        assert_eq!(voters(&net, 1), vec![1]);
+        net.restart(2);
+        net.restart(3);
+        net.isolate(1);
+        // Node 1, alone in its configuration, keeps committing.
+        for i in 0..5u8 {
+            net.propose(1, &[i]).unwrap();
+        }
+        net.tick_all(60);
+        let led = |id: NodeId| {
+            net.node(id)
+                .soft_states
+                .iter()
+                .any(|s| s.role == Role::Leader)
+        };
+        let diverged = [2u64, 3].iter().any(|id| {
+            let other = net.node(*id).raft.status().commit;
+            let mine = net.node(1).raft.status().commit;
+            let upto = other.min(mine) as usize;
+            let a: Vec<_> = net
+                .node(1)
+                .raft
+                .storage()
+                .all()
+                .iter()
+                .take(upto)
+                .cloned()
+                .collect();
+            let b: Vec<_> = net
+                .node(*id)
+                .raft
+                .storage()
+                .all()
+                .iter()
+                .take(upto)
+                .cloned()
+                .collect();
+            a != b
+        });
+        if knob {
+            assert!(
+                led(2) || led(3),
+                "removed nodes should have elected a leader"
+            );
+            assert!(diverged, "and committed entries that differ from node 1's");
+        } else {
+            assert!(!led(2) && !led(3), "a removed node led");
+            assert!(!diverged);
+        }
+    }
 }

@@ -42,9 +42,10 @@ fn every_role_adopts_a_higher_term_and_follows() {
     }
 }
 
-// §5.1: a request with a stale term is rejected (ignored).
+// §5.1: a request with a stale term is rejected: nothing changes, and the
+// stale leader is told the newer term (so it steps down).
 #[test]
-fn stale_term_messages_are_ignored() {
+fn stale_term_messages_are_rejected() {
     let mut r = raft_with_log(1, 3, &[1, 2], 2, no_pre_vote);
     r.step(msg(2, 1, 1, append_body(2, 2, 2, vec![]))).unwrap();
     assert_eq!(r.term(), 2);
@@ -53,10 +54,20 @@ fn stale_term_messages_are_ignored() {
         0,
         "a stale leader's commit must not be taken"
     );
-    assert!(
-        drain(&mut r).is_empty(),
-        "nothing to say to a stale leader without pre-vote/check-quorum"
-    );
+    let out = drain(&mut r);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].term, 2, "the answer carries the newer term");
+    assert!(matches!(out[0].body, MessageBody::AppendResponse(_)));
+    // A stale vote request gets no answer and changes nothing.
+    let v = VoteRequest {
+        pre: false,
+        last_index: 9,
+        last_term: 1,
+        transfer: false,
+    };
+    r.step(msg(3, 1, 1, MessageBody::Vote(v))).unwrap();
+    assert!(drain(&mut r).is_empty());
+    assert_eq!(r.status().vote, NONE);
 }
 
 // §5.2: servers start as followers.

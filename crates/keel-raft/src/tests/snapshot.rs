@@ -171,3 +171,29 @@ fn a_new_node_joins_through_a_snapshot() {
     assert_eq!(net.applied_data(4), net.applied_data(1));
     assert!(net.node(4).raft.membership().is_learner(4));
 }
+
+#[test]
+fn duplicated_responses_do_not_multiply_snapshot_chunks() {
+    // Every message arrives twice. Each duplicated response used to make
+    // the leader send another chunk, and each extra chunk drew more
+    // responses: the transfer forked exponentially (found by the
+    // simulator as a message storm).
+    let mut net = lagging_follower(60, 64);
+    let size = net.node(1).raft.storage().snapshot().unwrap().size;
+    let needed = size.div_ceil(64) as usize;
+    net.duplicate = true;
+    net.heal();
+    net.log.clear();
+    net.tick_all(10);
+    assert_eq!(net.node(3).installs, 1);
+    let sent = net
+        .log
+        .iter()
+        .filter(|m| m.from == 1 && matches!(m.body, MessageBody::Snapshot(_)))
+        .count();
+    // Delivered twice each, plus at most a resend per heartbeat.
+    assert!(
+        sent <= 2 * needed + 30,
+        "{sent} chunk deliveries for {needed} chunks"
+    );
+}
