@@ -61,6 +61,10 @@ pub struct Config {
     pub read_mode: ReadMode,
     /// Bytes of snapshot data per chunk sent to a follower.
     pub snapshot_chunk_bytes: usize,
+    /// Entries kept in the log behind a snapshot when compacting, so that a
+    /// follower a little behind catches up from the log instead of needing
+    /// the whole snapshot. See [`Raft::compaction_point`](crate::Raft::compaction_point).
+    pub compaction_keep_entries: u64,
     /// A learner counts as caught up (may be promoted) when it is at most
     /// this many entries behind the leader's last index.
     pub learner_max_lag: u64,
@@ -93,6 +97,7 @@ impl Default for Config {
             preferred_max_lag: 128,
             read_mode: ReadMode::Safe,
             snapshot_chunk_bytes: 1 << 20,
+            compaction_keep_entries: 1024,
             learner_max_lag: 128,
             conf_change_wait_ticks: 200,
             lease_margin_ticks: 2,

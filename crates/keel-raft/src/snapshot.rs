@@ -51,7 +51,8 @@ pub struct SnapshotChunk {
 /// - `snapshot` captures the state as of the last applied entry. The driver
 ///   pairs it with [`Raft::snapshot_meta`](crate::Raft::snapshot_meta) for
 ///   that index, stores both durably, and may then compact the log up to
-///   that index, keeping some entries behind it for followers that lag a
+///   [`Raft::compaction_point`](crate::Raft::compaction_point), which keeps
+///   `compaction_keep_entries` behind the snapshot for followers that lag a
 ///   little (they then need no snapshot).
 /// - `restore` replaces the whole state with a snapshot: at start-up from
 ///   the stored snapshot, or when a follower is sent one

@@ -63,6 +63,12 @@ impl<S: Storage> Raft<S> {
         })
     }
 
+    /// Up to which index the driver may purge its log once it holds a
+    /// snapshot at `snapshot_index`: `compaction_keep_entries` behind it.
+    pub fn compaction_point(&self, snapshot_index: Index) -> Index {
+        snapshot_index.saturating_sub(self.cfg.compaction_keep_entries)
+    }
+
     /// Leader: puts `to` into the Snapshot state with the latest snapshot.
     /// Returns false when there is no snapshot to send.
     pub(crate) fn start_snapshot(&mut self, to: NodeId) -> bool {

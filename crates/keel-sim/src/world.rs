@@ -166,8 +166,6 @@ pub struct World {
     /// Nodes that exist: the first `opts.nodes` start as voters, the rest
     /// wait to be added (membership churn).
     pool: u64,
-    /// Entries a node keeps behind its snapshot when compacting.
-    keep_entries: u64,
     net: Network,
     clients: Vec<Client>,
     pub history: History,
@@ -219,7 +217,7 @@ impl World {
         // Snapshots in most churn seeds and half the others; without them a
         // restarted node rebuilds its configuration from the log alone.
         let snapshots = rng.chance(if churn { 0.7 } else { 0.5 });
-        let keep_entries = [0, 5, 50][rng.range(0, 3) as usize];
+        tmpl.compaction_keep_entries = [0, 5, 50][rng.range(0, 3) as usize];
         tmpl.snapshot_chunk_bytes = [64, 1024, 1 << 20][rng.range(0, 3) as usize];
         tmpl.learner_max_lag = [0, 16, 1000][rng.range(0, 3) as usize];
         match opts.bug {
@@ -258,7 +256,6 @@ impl World {
             queue: BinaryHeap::new(),
             nodes,
             pool,
-            keep_entries,
             net: Network::default(),
             clients,
             history: History::default(),
@@ -1056,7 +1053,6 @@ impl World {
     fn take_snapshot(&mut self, id: NodeId) {
         let next = self.rng.range(200_000, 2_000_000);
         self.schedule(next, Event::Snapshot(id));
-        let keep = self.keep_entries;
         let node = &mut self.nodes[id as usize - 1];
         if !node.up || node.paused {
             return;
@@ -1074,7 +1070,7 @@ impl World {
             .snapshot()
             .expect("the simulator's state snapshots");
         meta.size = data.len() as u64;
-        let upto = applied.saturating_sub(keep);
+        let upto = node.raft.compaction_point(applied);
         for log in [node.raft.storage_mut(), &mut node.disk.log] {
             log.set_snapshot(meta.clone(), data.clone());
             if upto > log.first_index() {

@@ -275,14 +275,20 @@ impl Net {
     /// Snapshots a node's state machine at its applied index and compacts
     /// its log, keeping `keep` entries behind the snapshot.
     pub fn snapshot(&mut self, id: NodeId, keep: u64) -> SnapshotMeta {
+        self.nodes
+            .get_mut(&id)
+            .unwrap()
+            .raft
+            .cfg
+            .compaction_keep_entries = keep;
         let node = self.nodes.get_mut(&id).unwrap();
         let applied = node.raft.status().applied;
         let mut meta = node.raft.snapshot_meta(applied).unwrap();
         let data = encode_app(&node.app);
         meta.size = data.len() as u64;
-        let st = node.raft.storage_mut();
-        st.set_snapshot(meta.clone(), data);
-        st.compact(applied.saturating_sub(keep)).unwrap();
+        node.raft.storage_mut().set_snapshot(meta.clone(), data);
+        let upto = node.raft.compaction_point(applied);
+        node.raft.storage_mut().compact(upto).unwrap();
         meta
     }
 
