@@ -209,13 +209,34 @@ impl<S: Storage> Raft<S> {
     }
 
     /// The configuration in force at `index` (for snapshots).
-    pub(crate) fn membership_at(&self, index: Index) -> Membership {
-        self.conf_history
-            .iter()
-            .rev()
-            .find(|(i, _)| *i <= index)
-            .map(|(_, m)| m.clone())
-            .unwrap_or_else(|| self.base_membership.clone())
+    ///
+    /// `conf_history` is complete from `conf_known_from` on (a restart loads
+    /// only the last configuration entries); below that, the log is scanned
+    /// back from `index`.
+    pub(crate) fn membership_at(&self, index: Index) -> Result<Membership, Error> {
+        if let Some((_, m)) = self.conf_history.iter().rev().find(|(i, _)| *i <= index) {
+            return Ok(m.clone());
+        }
+        if index >= self.conf_known_from {
+            return Ok(self.base_membership.clone());
+        }
+        let first = self.log.first_index();
+        let mut hi = index + 1;
+        while hi > first {
+            let lo = hi.saturating_sub(256).max(first);
+            for e in self.log.slice(lo, hi, u64::MAX)?.iter().rev() {
+                if e.kind() == EntryKind::Config {
+                    return conf_change::decode(&e.body()).map_err(|why| {
+                        Error::Storage(crate::error::StorageError::Failed(format!(
+                            "configuration entry {} is corrupt: {why}",
+                            e.index()
+                        )))
+                    });
+                }
+            }
+            hi = lo;
+        }
+        Ok(self.base_membership.clone())
     }
 
     pub(crate) fn refresh_membership(&mut self) {

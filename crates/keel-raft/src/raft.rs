@@ -90,6 +90,9 @@ pub struct Raft<S: Storage> {
     pub(crate) base_membership: Membership,
     /// Configuration entries in the log, (index, configuration), in order.
     pub(crate) conf_history: Vec<(Index, Membership)>,
+    /// `conf_history` holds every configuration entry at or after this
+    /// index (a restart loads only the last two).
+    pub(crate) conf_known_from: Index,
     pub(crate) waiting_change: Option<crate::membership::WaitingChange>,
     pub(crate) conf_events: Vec<crate::membership::ConfChangeEvent>,
     /// A snapshot arriving in chunks (follower).
@@ -170,6 +173,11 @@ impl<S: Storage> Raft<S> {
             log,
             membership: Membership::default(),
             base_membership,
+            conf_known_from: if conf_history.len() >= 2 {
+                conf_history[0].0
+            } else {
+                0
+            },
             conf_history,
             waiting_change: None,
             conf_events: Vec::new(),

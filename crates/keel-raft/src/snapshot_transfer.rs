@@ -54,10 +54,16 @@ impl<S: Storage> Raft<S> {
                 .map(|e| e.end_offset())
                 .ok_or(Error::Storage(StorageError::Unavailable(index)))?
         };
+        let membership = self.membership_at(index)?;
+        if membership.voters.is_empty() {
+            return Err(Error::InvalidConfChange(format!(
+                "no configuration with voters is known at index {index}; a snapshot there would be unusable"
+            )));
+        }
         Ok(SnapshotMeta {
             index,
             term,
-            membership: self.membership_at(index),
+            membership,
             next_offset,
             size: 0,
         })
@@ -257,6 +263,7 @@ impl<S: Storage> Raft<S> {
             .reset_to_snapshot(meta.index, meta.term, meta.next_offset);
         self.base_membership = meta.membership.clone();
         self.conf_history.clear();
+        self.conf_known_from = 0;
         self.refresh_membership();
         self.pending_install = Some(meta);
     }

@@ -197,3 +197,38 @@ fn duplicated_responses_do_not_multiply_snapshot_chunks() {
         "{sent} chunk deliveries for {needed} chunks"
     );
 }
+
+#[test]
+fn after_a_restart_a_snapshot_describes_the_configuration_of_its_own_index() {
+    // Found by the simulator: a restart loads only the last two
+    // configuration entries, and a snapshot at an index below both fell back
+    // to the bootstrap configuration (empty for a node added later), which
+    // produced a snapshot no follower could use.
+    let mut net = Net::new(3);
+    assert!(net.elect(1));
+    net.add_node(4, |_| {});
+    net.raft(1)
+        .propose_conf_change(&[ConfChangeOp::AddLearner(4)], LaggingLearner::Refuse, 0)
+        .unwrap();
+    net.settle();
+    net.tick_all(3);
+    let first_change = net.node(4).raft.status().last_index;
+    for id in [5, 6] {
+        net.propose(1, b"x").unwrap();
+        net.raft(1)
+            .propose_conf_change(&[ConfChangeOp::AddLearner(id)], LaggingLearner::Refuse, 0)
+            .unwrap();
+        net.settle();
+        net.tick_all(3);
+    }
+    net.restart(4);
+    net.tick_all(3);
+    let meta = net.node(4).raft.snapshot_meta(first_change).unwrap();
+    assert_eq!(meta.membership, Membership::new([1, 2, 3], [4]));
+    let later = net
+        .node(4)
+        .raft
+        .snapshot_meta(net.node(4).raft.status().applied)
+        .unwrap();
+    assert_eq!(later.membership, Membership::new([1, 2, 3], [4, 5, 6]));
+}
