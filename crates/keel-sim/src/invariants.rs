@@ -26,6 +26,8 @@ pub struct Invariants {
     chains: HashMap<(Index, Term), u64>,
     /// committed[i] = chain hash of the committed log up to index i.
     committed: Vec<u64>,
+    /// The highest index known committed in each term.
+    committed_in_term: std::collections::BTreeMap<Term, Index>,
     /// CRC of the entry applied at each index, by anyone.
     applied: Vec<u32>,
     /// The user records of the committed log, by offset.
@@ -100,10 +102,18 @@ impl Invariants {
                 node.id
             ));
         }
-        let c = self.committed_index() as usize;
+        // Leader completeness: a leader of `term` holds every entry
+        // committed in an earlier term. (A stale election can conclude after
+        // a later term committed more; that leader cannot commit anything.)
+        let c = self
+            .committed_in_term
+            .range(..term)
+            .map(|(_, i)| *i)
+            .max()
+            .unwrap_or(0) as usize;
         if node.chain.len() <= c || node.chain[c] != self.committed[c] {
             self.fail(format!(
-                "leader completeness: node {} leads term {term} without committed entry {c} (its log ends at {})",
+                "leader completeness: node {} leads term {term} without entry {c}, committed in an earlier term (its log ends at {})",
                 node.id,
                 node.chain.len() - 1
             ));
@@ -124,7 +134,12 @@ impl Invariants {
         }
     }
 
-    pub fn on_commit(&mut self, node: &SimNode, commit: Index) {
+    /// `node`, in `term`, now knows entries up to `commit` are committed.
+    /// (A node learns commits only from the leader of its own term, or from
+    /// its own snapshot at start-up, which is at least as strict.)
+    pub fn on_commit(&mut self, node: &SimNode, term: Term, commit: Index) {
+        let entry = self.committed_in_term.entry(term).or_insert(0);
+        *entry = (*entry).max(commit);
         let c = commit as usize;
         if c >= node.chain.len() {
             self.fail(format!(

@@ -705,7 +705,7 @@ impl World {
             self.inv.violation.get_or_insert(what);
         }
         if st.commit > node.last_commit {
-            self.inv.on_commit(node, st.commit);
+            self.inv.on_commit(node, st.term, st.commit);
         }
         let node = &mut self.nodes[idx];
         node.last_term = st.term;
