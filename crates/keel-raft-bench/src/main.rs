@@ -3,9 +3,9 @@
 //! Three keel-raft nodes run in one process, each on its own OS thread with
 //! a single-threaded tokio runtime (as separate processes would), owning its
 //! raft instance and an inbox. Storage is in memory and "persists" at once;
-//! the network is a channel send. Proposers are tasks on another runtime
-//! (they stand for remote clients) that each propose, await the commit
-//! (applied on the leader), and propose again. This has the shape of
+//! the network is a channel send. Proposers are tasks on the leader's
+//! runtime (where a server's request handlers would run) that each propose,
+//! await the commit (applied on the leader), and propose again. This has the shape of
 //! openraft's `benchmarks/minimal` (empty requests by default), so the
 //! figures compare.
 //!
@@ -145,6 +145,8 @@ async fn run_node(
 struct Cluster {
     inboxes: Vec<Inbox>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// Node 1's runtime, where the proposers run (next to the leader).
+    leader_rt: tokio::runtime::Handle,
 }
 
 impl Cluster {
@@ -154,7 +156,9 @@ impl Cluster {
         let (txs, rxs): (Vec<Inbox>, Vec<_>) =
             (0..members).map(|_| mpsc::unbounded_channel()).unzip();
         let mut threads = Vec::new();
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         for (i, rx) in rxs.into_iter().enumerate() {
+            let handle_tx = handle_tx.clone();
             let id = i as NodeId + 1;
             let peers = txs.clone();
             let me = txs[i].clone();
@@ -172,6 +176,9 @@ impl Cluster {
                     applied: 0,
                 };
                 let raft = Raft::new(cfg, MemStorage::new(), init, id).expect("valid config");
+                if id == 1 {
+                    let _ = handle_tx.send(rt.handle().clone());
+                }
                 rt.block_on(async move {
                     // Ticks every 100 ms: no election fires during a run.
                     tokio::spawn(async move {
@@ -188,9 +195,11 @@ impl Cluster {
             }));
         }
         let _ = txs[0].send(Input::Campaign);
+        let leader_rt = handle_rx.recv().expect("node 1 starts");
         Cluster {
             inboxes: txs,
             threads,
+            leader_rt,
         }
     }
 
@@ -229,13 +238,19 @@ fn pct(sorted: &[u32], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize] as f64
 }
 
-async fn measure(leader: Inbox, clients: usize, secs: f64, size: usize) -> Figures {
+async fn measure(
+    leader: Inbox,
+    rt: tokio::runtime::Handle,
+    clients: usize,
+    secs: f64,
+    size: usize,
+) -> Figures {
     let measure_from = Instant::now() + Duration::from_millis(300);
     let end = measure_from + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
     for _ in 0..clients {
         let leader = leader.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(rt.spawn(async move {
             let payload = vec![7u8; size];
             let mut lat = Vec::new();
             let mut ops = 0u64;
@@ -276,7 +291,7 @@ fn main() {
         eprintln!("error: --members, --clients and --secs must be positive");
         std::process::exit(2);
     }
-    // Proposers run on their own single-threaded runtime.
+    // The measuring task runs here; proposers run on the leader's runtime.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -299,7 +314,14 @@ fn main() {
             let cluster = Cluster::start(args.members, coalesce);
             let f = rt.block_on(async {
                 cluster.wait_for_leader().await;
-                measure(cluster.inboxes[0].clone(), clients, args.secs, args.size).await
+                measure(
+                    cluster.inboxes[0].clone(),
+                    cluster.leader_rt.clone(),
+                    clients,
+                    args.secs,
+                    args.size,
+                )
+                .await
             });
             cluster.stop();
             println!(
