@@ -509,7 +509,7 @@ impl<S: Storage> Raft<S> {
             }
             MessageBody::Snapshot(c) => {
                 self.become_follower(m.term, m.from);
-                self.handle_snapshot_chunk(m.from, m.term, c)
+                self.handle_snapshot_chunk(m.from, c)
             }
             MessageBody::VoteResponse { pre, granted } => {
                 self.handle_vote_response(m.from, pre, granted);
@@ -543,7 +543,7 @@ impl<S: Storage> Raft<S> {
             MessageBody::Snapshot(c) => {
                 self.election_elapsed = 0;
                 self.leader = m.from;
-                self.handle_snapshot_chunk(m.from, m.term, c)
+                self.handle_snapshot_chunk(m.from, c)
             }
             MessageBody::TimeoutNow => {
                 if self.promotable() && self.ticks >= self.transfer_backoff.0 {

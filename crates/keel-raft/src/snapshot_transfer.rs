@@ -23,7 +23,7 @@ use crate::message::MessageBody;
 use crate::progress::{ProgressState, SnapshotSend};
 use crate::snapshot::{SnapshotChunk, SnapshotMeta};
 use crate::storage::Storage;
-use crate::types::{Index, NodeId, Term};
+use crate::types::{Index, NodeId};
 
 /// A snapshot arriving in chunks.
 #[derive(Debug, Clone)]
@@ -197,10 +197,8 @@ impl<S: Storage> Raft<S> {
     pub(crate) fn handle_snapshot_chunk(
         &mut self,
         from: NodeId,
-        term: Term,
         c: SnapshotChunk,
     ) -> Result<(), Error> {
-        let _ = term;
         let snap_index = c.meta.index;
         let reply = |next_offset: u64, installed: bool| MessageBody::SnapshotResponse {
             index: snap_index,
