@@ -503,9 +503,17 @@ impl Core {
             let c = KeelClient::new(ch)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE);
-            let st = match f(c).await {
-                Ok(v) => return Ok(v),
-                Err(st) => st,
+            let left = deadline.saturating_duration_since(Instant::now());
+            let st = match tokio::time::timeout(left.max(Duration::from_millis(1)), f(c)).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(st)) => st,
+                Err(_) if !idempotent => {
+                    return Err(ClientError::Ambiguous(format!(
+                        "{addr} did not answer within {:?}",
+                        self.opts.timeout
+                    )));
+                }
+                Err(_) => Status::deadline_exceeded(format!("{addr} did not answer in time")),
             };
             match st.code() {
                 Code::FailedPrecondition => {
