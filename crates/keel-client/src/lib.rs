@@ -447,6 +447,10 @@ impl Core {
             .map_err(|e| ClientError::Invalid(format!("endpoint `{addr}`: {e}")))?
             .connect_timeout(self.opts.connect_timeout)
             .tcp_nodelay(true)
+            // Batches of many records exceed HTTP/2's default 64 KiB
+            // windows; waiting for window updates would stall them.
+            .initial_stream_window_size(Some(8 << 20))
+            .initial_connection_window_size(Some(32 << 20))
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_while_idle(false);
         let ch = ep.connect().await.map_err(|e| {

@@ -119,6 +119,8 @@ pub async fn run(a: BenchArgs) -> Result<(), String> {
                 let ch = Endpoint::from_shared(format!("http://{ep}"))
                     .map_err(|e| format!("endpoint {ep}: {e}"))?
                     .tcp_nodelay(true)
+                    .initial_stream_window_size(Some(8 << 20))
+                    .initial_connection_window_size(Some(32 << 20))
                     .connect()
                     .await
                     .map_err(|e| format!("cannot connect to etcd at {ep}: {e}"))?;

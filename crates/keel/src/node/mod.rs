@@ -139,10 +139,14 @@ async fn serve_api(
     stop_tx: watch::Sender<bool>,
     stop_rx: watch::Receiver<bool>,
 ) {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(client_l);
+    // The builder's tcp_nodelay applies only to listeners it binds itself;
+    // without it, small responses wait for delayed ACKs (40 ms).
+    let incoming = tonic::transport::server::TcpIncoming::from(client_l).with_nodelay(Some(true));
     let mut stop_wait = stop_rx.clone();
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20))
         .add_service(api.into_service())
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop_wait.wait_for(|s| *s).await;
