@@ -12,10 +12,14 @@
 //!    the entry takes offset `base_offset + i`;
 //! 3. while `has_ready()`: save the hard state if it changed (fsynced, off
 //!    the async workers, before the entries are submitted), submit the
-//!    entries to the store (non-blocking; the completion is handed to the
-//!    group's persister, which awaits completions in order and sends
-//!    `Persisted(id)` back into the inbox), send the messages, apply the
-//!    committed entries and serve the reads.
+//!    entries to the store (non-blocking; the completion joins the group's
+//!    queue of writes in flight), send the messages, apply the committed
+//!    entries and serve the reads.
+//!
+//! The loop waits on its inbox and, at the same time, on the oldest write in
+//! flight: when it completes (the store's writer thread wakes this task
+//! directly), that persist id and every later one already complete are
+//! reported with `on_persisted`, in order.
 //!
 //! Invariants:
 //! - The log is the state machine: applying an entry only moves the
@@ -26,8 +30,9 @@
 //!   committed (fsynced on a quorum) and durable here. If the entry applied
 //!   at its index has another term, or an entry of a higher term was applied
 //!   first, it was replaced: the client is told it was not appended.
-//! - Persist ids reach `on_persisted` in order (one persister per group,
-//!   awaiting in submission order).
+//! - Persist ids reach `on_persisted` in order: writes in flight complete
+//!   in submission order (keel-log's guarantee) and are taken from the
+//!   front of the queue only.
 //! - A failed store (a write or fsync error) stops the group: it steps no
 //!   more messages, ticks no more, refuses writes and acknowledges nothing.
 
@@ -91,8 +96,6 @@ pub enum Input {
     Status {
         reply: oneshot::Sender<GroupStatus>,
     },
-    Persisted(u64),
-    StoreFailed(String),
     Stop,
 }
 
@@ -196,7 +199,9 @@ struct Driver {
     store: Arc<LogStore>,
     transport: Arc<Transport>,
     metrics: Arc<GroupMetrics>,
-    persist_tx: mpsc::UnboundedSender<(u64, Option<Completion>, Instant)>,
+    /// Writes in flight: (persist id, completion, submitted at). A Ready
+    /// with only a hard state has no completion (it was saved before).
+    persisting: VecDeque<(u64, Option<Completion>, Instant)>,
     committed_tx: watch::Sender<Committed>,
     committed: Committed,
     // The proposal being built from the appends of this iteration.
@@ -252,8 +257,6 @@ pub fn start(
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let (committed_tx, committed_rx) = watch::channel(Committed::default());
-    let (persist_tx, persist_rx) = mpsc::unbounded_channel();
-    tokio::spawn(persister(persist_rx, tx.clone(), metrics.clone()));
     tokio::spawn(ticker(cfg.tick, tx.clone()));
     metrics.term.store(hs.term, Relaxed);
     let soft = SoftState {
@@ -267,7 +270,7 @@ pub fn start(
         store: store.clone(),
         transport,
         metrics,
-        persist_tx,
+        persisting: VecDeque::new(),
         committed_tx,
         committed: Committed::default(),
         builder: BatchBuilder::new(),
@@ -303,27 +306,18 @@ async fn ticker(every: Duration, tx: mpsc::UnboundedSender<Input>) {
     }
 }
 
-/// Awaits the store's completions in submission order and reports each
-/// persist id back to the driver, in order.
-async fn persister(
-    mut rx: mpsc::UnboundedReceiver<(u64, Option<Completion>, Instant)>,
-    inbox: mpsc::UnboundedSender<Input>,
-    metrics: Arc<GroupMetrics>,
-) {
-    while let Some((id, completion, submitted)) = rx.recv().await {
-        if let Some(c) = completion {
-            match c.await {
-                Ok(_) => metrics.fsync_latency.observe(submitted.elapsed()),
-                Err(e) => {
-                    let _ = inbox.send(Input::StoreFailed(e.to_string()));
-                    return;
-                }
-            }
-        }
-        if inbox.send(Input::Persisted(id)).is_err() {
-            return;
-        }
-    }
+/// Waits for the oldest write in flight; returns its persist id, when it
+/// was submitted and its outcome.
+async fn oldest_done(
+    q: &mut VecDeque<(u64, Option<Completion>, Instant)>,
+) -> (u64, Instant, Result<(), String>) {
+    let outcome = match q.front_mut() {
+        Some((_, Some(c), _)) => c.await.map(|_| ()).map_err(|e| e.to_string()),
+        Some((_, None, _)) => Ok(()),
+        None => std::future::pending().await,
+    };
+    let (id, _, at) = q.pop_front().expect("the front was just awaited");
+    (id, at, outcome)
 }
 
 fn now_ms() -> u64 {
@@ -364,8 +358,22 @@ impl Driver {
         let mut inputs = Vec::with_capacity(1024);
         let mut ticks = 0u64;
         loop {
-            if rx.recv_many(&mut inputs, 4096).await == 0 {
-                break;
+            tokio::select! {
+                biased;
+                (id, at, outcome) = oldest_done(&mut self.persisting), if !self.persisting.is_empty() => {
+                    self.on_written(id, at, outcome);
+                    while inputs.len() < 4096 {
+                        match rx.try_recv() {
+                            Ok(i) => inputs.push(i),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                n = rx.recv_many(&mut inputs, 4096) => {
+                    if n == 0 {
+                        break;
+                    }
+                }
             }
             let mut stop = false;
             for input in inputs.drain(..) {
@@ -445,13 +453,41 @@ impl Driver {
                     failed: self.failed.clone(),
                 });
             }
-            Input::Persisted(id) => {
-                if let Err(e) = self.raft.on_persisted(id) {
-                    error!(group = self.cfg.group, error = %e, "persistence notice refused");
-                }
-            }
-            Input::StoreFailed(msg) => self.fail_store(msg),
             Input::Tick | Input::Stop => {}
+        }
+    }
+
+    /// A write completed: report it and every later write already complete
+    /// (one `on_persisted` with the highest id).
+    fn on_written(&mut self, id: u64, at: Instant, outcome: Result<(), String>) {
+        if let Err(e) = outcome {
+            self.fail_store(e);
+            return;
+        }
+        let now = Instant::now();
+        self.metrics.fsync_latency.observe(now.duration_since(at));
+        let mut last = id;
+        while let Some(front) = self.persisting.front_mut() {
+            let outcome = match front.1.take() {
+                None => Ok(()),
+                Some(c) => match c.wait_timeout(Duration::ZERO) {
+                    Ok(o) => o.map(|_| ()).map_err(|e| e.to_string()),
+                    Err(c) => {
+                        front.1 = Some(c);
+                        break;
+                    }
+                },
+            };
+            let (next, _, at) = self.persisting.pop_front().expect("front checked");
+            if let Err(e) = outcome {
+                self.fail_store(e);
+                return;
+            }
+            self.metrics.fsync_latency.observe(now.duration_since(at));
+            last = next;
+        }
+        if let Err(e) = self.raft.on_persisted(last) {
+            error!(group = self.cfg.group, error = %e, "persistence notice refused");
         }
     }
 
@@ -461,7 +497,7 @@ impl Driver {
             let _ = reply.send(Err(GroupError::StoreFailed(f.clone())));
             return;
         }
-        if self.soft.role != Role::Leader {
+        if self.raft.role() != Role::Leader {
             let _ = reply.send(Err(GroupError::NotLeader {
                 leader: self.raft.leader(),
             }));
@@ -551,7 +587,7 @@ impl Driver {
                 } else {
                     Some(self.store.append(rd.entries))
                 };
-                let _ = self.persist_tx.send((id, completion, submitted));
+                self.persisting.push_back((id, completion, submitted));
             }
             for m in rd.messages {
                 self.transport.send(m);
