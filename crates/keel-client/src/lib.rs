@@ -571,14 +571,18 @@ impl Core {
 }
 
 fn source_text(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
+    // Error chains repeat themselves ("transport error: tcp connect error:
+    // tcp connect error: ..."): keep each distinct message once.
+    let mut parts: Vec<String> = vec![e.to_string()];
     let mut src = e.source();
     while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
+        let t = x.to_string();
+        if !parts.iter().any(|p| p == &t || p.ends_with(&t)) {
+            parts.push(t);
+        }
         src = x.source();
     }
-    s
+    parts.join(": ")
 }
 
 /// Gathers queued appends into batches and sends each as one request, at

@@ -453,3 +453,72 @@ fn a_garbage_peer_is_disconnected_and_the_node_lives_on() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(n.log().contains("closed a peer connection"), "{}", n.log());
 }
+
+#[test]
+fn a_node_runs_from_a_config_file_and_keel_variables() {
+    let root = TempDir::new("config");
+    let ports = free_ports(3);
+    let cfg = root.0.join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\nclient_addr = \"127.0.0.1:{}\"\npeer_addr = \"127.0.0.1:{}\"\n",
+            root.0.join("data").display(),
+            ports[0],
+            ports[1]
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(root.0.join("server.log")).unwrap();
+    let mut child = std::process::Command::new(KEEL)
+        .args(["server", "--config", &cfg.display().to_string()])
+        .env("KEEL_METRICS_ADDR", format!("127.0.0.1:{}", ports[2]))
+        .env("KEEL_CLUSTER_NAME", "from-env")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let ep = format!("127.0.0.1:{}", ports[0]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let o = loop {
+        let o = std::process::Command::new(KEEL)
+            .args(["append", "-d", "configured", "--timeout", "1s"])
+            .env("KEEL_ENDPOINTS", &ep)
+            .output()
+            .unwrap();
+        if o.status.success() || Instant::now() > deadline {
+            break o;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "0");
+    let meta = std::fs::read_to_string(root.0.join("data/node.toml")).unwrap();
+    assert!(meta.contains("node_id = 1"), "{meta}");
+    let mut s = std::net::TcpStream::connect(format!("127.0.0.1:{}", ports[2])).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(body.contains("keel_append_records_total"), "{body}");
+    // SIGTERM stops it cleanly.
+    sigterm(child.id());
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            assert!(st.success(), "exit status {st}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "server did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(root.0.join("server.log")).unwrap();
+    assert!(log.contains("stopped"), "{log}");
+}
+
+fn sigterm(pid: u32) {
+    // SAFETY: kill(2) on a child this test spawned and has not reaped.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0, "kill failed");
+}
