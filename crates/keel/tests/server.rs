@@ -522,3 +522,56 @@ fn sigterm(pid: u32) {
     let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
     assert_eq!(rc, 0, "kill failed");
 }
+
+#[test]
+fn without_a_quorum_appends_fail_clearly() {
+    let mut c = Cluster::start(3, "noquorum");
+    let rt = rt();
+    let leader = rt.block_on(c.wait_leader(Duration::from_secs(15)));
+    let ep = c.endpoints();
+    let o = keel(&["append", "-d", "before", "--endpoints", &ep]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Leave one node: it cannot commit, and it stops claiming leadership.
+    let survivor = if leader == 1 { 2 } else { 1 };
+    let s = c.nodes[(survivor - 1) as usize].client_addr.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !keel(&["get", "-i", "0", "--stale", "--endpoints", &s])
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node {survivor} never applied record 0"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for id in 1..=3 {
+        if id != survivor {
+            c.node(id).kill();
+        }
+    }
+    let t0 = Instant::now();
+    let o = keel(&[
+        "append",
+        "-d",
+        "lost",
+        "--timeout",
+        "3s",
+        "--endpoints",
+        &ep,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("no leader") || err.contains("no quorum") || err.contains("outcome unknown"),
+        "{err}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    // Stale reads still work on the survivor; linearizable ones do not.
+    let o = keel(&["get", "-i", "0", "--stale", "--endpoints", &s]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "before\n");
+    let o = keel(&["get", "-i", "0", "--timeout", "2s", "--endpoints", &s]);
+    assert_eq!(o.status.code(), Some(1));
+}
