@@ -470,14 +470,23 @@ impl Core {
     {
         let deadline = Instant::now() + self.opts.timeout;
         let mut backoff = Duration::from_millis(10);
-        let mut last = String::from("no attempt made");
+        // What a server last answered, and the last connection failure:
+        // when giving up, the answer says more than a node that is down.
+        let mut said: Option<String> = None;
+        let mut conn_err: Option<String> = None;
         let mut attempts = 0usize;
         let mut unreachable = 0usize;
         loop {
             if attempts > 0 {
                 if Instant::now() >= deadline {
+                    let why = match (&said, &conn_err) {
+                        (Some(s), Some(c)) => format!("{s} (also: {c})"),
+                        (Some(s), None) => s.clone(),
+                        (None, Some(c)) => c.clone(),
+                        (None, None) => "no answer".to_string(),
+                    };
                     return Err(ClientError::Unavailable(format!(
-                        "gave up after {:?} ({attempts} attempts): {last}",
+                        "gave up after {:?} ({attempts} attempts): {why}",
                         self.opts.timeout
                     )));
                 }
@@ -490,15 +499,16 @@ impl Core {
                 Ok(c) => c,
                 Err(ClientError::Invalid(m)) => return Err(ClientError::Invalid(m)),
                 Err(e) => {
-                    last = e.to_string();
+                    let msg = e.to_string();
                     unreachable += 1;
                     let n = self.lock().endpoints.len();
                     if unreachable >= (2 * n).max(4) {
                         return Err(ClientError::Unavailable(format!(
-                            "cannot reach any endpoint ({}): {last}",
+                            "cannot reach any endpoint ({}): {msg}",
                             self.lock().endpoints.join(", ")
                         )));
                     }
+                    conn_err = Some(msg);
                     self.rotate();
                     continue;
                 }
@@ -521,7 +531,7 @@ impl Core {
             };
             match st.code() {
                 Code::FailedPrecondition => {
-                    last = st.message().to_string();
+                    said = Some(st.message().to_string());
                     match st
                         .metadata()
                         .get(keel_proto::LEADER_ADDR_KEY)
@@ -534,12 +544,12 @@ impl Core {
                         _ => self.rotate(),
                     }
                 }
-                Code::Aborted | Code::ResourceExhausted => last = st.message().to_string(),
+                Code::Aborted | Code::ResourceExhausted => said = Some(st.message().to_string()),
                 Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal
                     if is_refused(&st) || st.message().contains("transport") =>
                 {
                     self.forget(&addr);
-                    last = format!("{addr}: {}", st.message());
+                    conn_err = Some(format!("{addr}: {}", st.message()));
                     if !idempotent && !is_refused(&st) {
                         return Err(ClientError::Ambiguous(format!(
                             "the connection to {addr} failed after the append was sent ({})",
@@ -549,7 +559,7 @@ impl Core {
                     self.rotate();
                 }
                 Code::Unavailable => {
-                    last = st.message().to_string();
+                    said = Some(st.message().to_string());
                     if !idempotent {
                         return Err(ClientError::Ambiguous(st.message().to_string()));
                     }

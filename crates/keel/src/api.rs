@@ -85,7 +85,7 @@ impl Api {
     fn not_leader(&self, leader: NodeId) -> Status {
         if leader == NONE || leader == self.node_id {
             return Status::failed_precondition(format!(
-                "node {} is not the leader and no leader is known yet (an election is under way); nothing was done, retry shortly",
+                "node {} is not the leader and knows no leader (an election is under way, or too few nodes are reachable to elect one); nothing was done",
                 self.node_id
             ));
         }

@@ -131,17 +131,24 @@ pub async fn run(a: LocalArgs) -> Result<(), String> {
         },
         _ = crate_shutdown() => return stop(procs, &root, temp && !a.keep).await,
     }
-    // Run until interrupted, or until a node exits by itself.
-    let mut exited = None;
-    tokio::select! {
-        _ = crate_shutdown() => {}
-        r = wait_any(&mut procs) => exited = Some(r),
-    }
-    if let Some((id, status)) = exited {
-        result = Err(format!(
-            "node {id} exited ({status}); see {}",
-            root.join(format!("node{id}.log")).display()
-        ));
+    // Run until interrupted. A node that exits by itself (killed to watch a
+    // failover, say) is reported; the others keep running.
+    let mut gone = Vec::new();
+    loop {
+        tokio::select! {
+            _ = crate_shutdown() => break,
+            (id, status) = wait_any(&mut procs, &gone) => {
+                eprintln!(
+                    "node {id} exited ({status}); the others keep running (its log: {})",
+                    root.join(format!("node{id}.log")).display()
+                );
+                gone.push(id);
+                if gone.len() == procs.len() {
+                    result = Err("every node has exited".to_string());
+                    break;
+                }
+            }
+        }
     }
     let stopped = stop(procs, &root, temp && !a.keep && result.is_ok()).await;
     result.and(stopped)
@@ -162,9 +169,9 @@ async fn crate_shutdown() {
     }
 }
 
-async fn wait_any(procs: &mut [Proc]) -> (u64, String) {
+async fn wait_any(procs: &mut [Proc], gone: &[u64]) -> (u64, String) {
     loop {
-        for p in procs.iter_mut() {
+        for p in procs.iter_mut().filter(|p| !gone.contains(&p.id)) {
             if let Ok(Some(st)) = p.child.try_wait() {
                 return (p.id, st.to_string());
             }
