@@ -1,0 +1,333 @@
+//! Server settings: flags, `KEEL_*` environment variables and a TOML file
+//! (`--config`), in that order of precedence, over the defaults.
+//!
+//! Defaults: node 1 of a single-node cluster, data in `./keel-data`, the
+//! client API on 127.0.0.1:7070, the peer transport on 127.0.0.1:7071 and
+//! Prometheus metrics on 127.0.0.1:7072.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::StartError;
+
+pub const DEFAULT_CLIENT_ADDR: &str = "127.0.0.1:7070";
+pub const DEFAULT_PEER_ADDR: &str = "127.0.0.1:7071";
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:7072";
+pub const DEFAULT_DATA_DIR: &str = "keel-data";
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
+
+/// Flags of `keel server` (each also read from its `KEEL_*` variable).
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ServerArgs {
+    /// TOML file with any of the settings below (keys as the flags, with
+    /// underscores: `data_dir`, `client_addr`, `peers = "1=h:p,2=h:p"` or a
+    /// `[peers]` table). Flags and KEEL_* variables override it.
+    #[arg(long, env = "KEEL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This node's id (>= 1). [default: 1]
+    #[arg(long, env = "KEEL_ID")]
+    pub id: Option<u64>,
+    /// Where this node keeps its data. [default: ./keel-data]
+    #[arg(long, env = "KEEL_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Client API (gRPC) address to listen on and to announce to peers (so
+    /// that followers can send clients to the leader). [default: 127.0.0.1:7070]
+    #[arg(long, env = "KEEL_CLIENT_ADDR", value_name = "HOST:PORT")]
+    pub client_addr: Option<String>,
+    /// Peer transport address to listen on. [default: this node's entry in
+    /// --peers, else 127.0.0.1:7071]
+    #[arg(long, env = "KEEL_PEER_ADDR", value_name = "HOST:PORT")]
+    pub peer_addr: Option<String>,
+    /// Prometheus metrics address (`GET /metrics`); `off` disables it.
+    /// [default: 127.0.0.1:7072]
+    #[arg(long, env = "KEEL_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+    /// Every member's peer address, this node included:
+    /// `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`. [default: this node alone]
+    #[arg(long, env = "KEEL_PEERS", value_name = "ID=HOST:PORT,...")]
+    pub peers: Option<String>,
+    /// Names the cluster. The cluster id (checked between peers and against
+    /// the data directory) is derived from it; without it, from the --peers
+    /// list.
+    #[arg(long, env = "KEEL_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+    /// Largest record accepted, in bytes. [default: 1048576]
+    #[arg(long, env = "KEEL_MAX_RECORD_BYTES")]
+    pub max_record_bytes: Option<usize>,
+    /// How long a request may wait for a quorum before it fails with
+    /// UNAVAILABLE, in milliseconds. [default: 5000]
+    #[arg(long, env = "KEEL_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Raft tick, in milliseconds (heartbeat interval). [default: 50]
+    #[arg(long, env = "KEEL_TICK_MS")]
+    pub tick_ms: Option<u64>,
+    /// Election timeout in ticks (randomized up to twice this). [default: 10]
+    #[arg(long, env = "KEEL_ELECTION_TICKS")]
+    pub election_ticks: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PeersSpec {
+    List(String),
+    Table(BTreeMap<String, String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    id: Option<u64>,
+    data_dir: Option<PathBuf>,
+    client_addr: Option<String>,
+    peer_addr: Option<String>,
+    metrics_addr: Option<String>,
+    peers: Option<PeersSpec>,
+    cluster_name: Option<String>,
+    max_record_bytes: Option<usize>,
+    request_timeout_ms: Option<u64>,
+    tick_ms: Option<u64>,
+    election_ticks: Option<u32>,
+    log_level: Option<String>,
+}
+
+/// The settings a node runs with, resolved and checked.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub id: u64,
+    pub data_dir: PathBuf,
+    pub client_addr: String,
+    pub peer_addr: String,
+    pub metrics_addr: Option<String>,
+    pub peers: BTreeMap<u64, String>,
+    pub cluster_name: Option<String>,
+    pub cluster_id: u64,
+    pub max_record_bytes: usize,
+    pub request_timeout: Duration,
+    pub tick: Duration,
+    pub election_ticks: u32,
+    /// `log_level` from the file, if any (the binary decides).
+    pub log_level: Option<String>,
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("peer `{part}` is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("peer id `{id}` is not a number"))?;
+        check_addr(addr.trim()).map_err(|e| format!("peer {id}: {e}"))?;
+        if id == 0 {
+            return Err("peer id 0 is reserved; ids start at 1".into());
+        }
+        if out.insert(id, addr.trim().to_string()).is_some() {
+            return Err(format!("peer {id} is listed twice"));
+        }
+    }
+    if out.is_empty() {
+        return Err("the peer list is empty".into());
+    }
+    Ok(out)
+}
+
+/// Checks `HOST:PORT` shape (the name is resolved when used).
+pub fn check_addr(addr: &str) -> Result<(), String> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("address `{addr}` is not HOST:PORT"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("address `{addr}` is not HOST:PORT"));
+    }
+    Ok(())
+}
+
+/// FNV-1a, 64 bits: stable across builds and platforms (unlike std's
+/// hasher), for cluster ids.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+impl ServerConfig {
+    pub fn resolve(args: &ServerArgs) -> Result<ServerConfig, StartError> {
+        let bad = |s: String| StartError::Config(s);
+        let file: FileConfig = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| bad(format!("cannot read config file {}: {e}", path.display())))?;
+                toml::from_str(&text)
+                    .map_err(|e| bad(format!("config file {}: {e}", path.display())))?
+            }
+            None => FileConfig::default(),
+        };
+        let id = args.id.or(file.id).unwrap_or(1);
+        if id == 0 {
+            return Err(bad("node id 0 is reserved; ids start at 1".into()));
+        }
+        let peers = match (&args.peers, file.peers) {
+            (Some(s), _) => Some(parse_peers(s).map_err(|e| bad(format!("--peers: {e}")))?),
+            (None, Some(PeersSpec::List(s))) => {
+                Some(parse_peers(&s).map_err(|e| bad(format!("peers: {e}")))?)
+            }
+            (None, Some(PeersSpec::Table(t))) => {
+                let s = t
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                Some(parse_peers(&s).map_err(|e| bad(format!("[peers]: {e}")))?)
+            }
+            (None, None) => None,
+        };
+        let peer_addr = args
+            .peer_addr
+            .clone()
+            .or(file.peer_addr)
+            .or_else(|| peers.as_ref().and_then(|p| p.get(&id).cloned()))
+            .unwrap_or_else(|| DEFAULT_PEER_ADDR.to_string());
+        check_addr(&peer_addr).map_err(|e| bad(format!("--peer-addr: {e}")))?;
+        let peers = peers.unwrap_or_else(|| BTreeMap::from([(id, peer_addr.clone())]));
+        if !peers.contains_key(&id) {
+            return Err(bad(format!(
+                "node {id} is not in --peers ({}); list every member, this node included",
+                peers
+                    .keys()
+                    .map(|k| k.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let client_addr = args
+            .client_addr
+            .clone()
+            .or(file.client_addr)
+            .unwrap_or_else(|| DEFAULT_CLIENT_ADDR.to_string());
+        check_addr(&client_addr).map_err(|e| bad(format!("--client-addr: {e}")))?;
+        let metrics_addr = match args
+            .metrics_addr
+            .clone()
+            .or(file.metrics_addr)
+            .unwrap_or_else(|| DEFAULT_METRICS_ADDR.to_string())
+        {
+            s if s == "off" || s.is_empty() => None,
+            s => {
+                check_addr(&s).map_err(|e| bad(format!("--metrics-addr: {e}")))?;
+                Some(s)
+            }
+        };
+        let cluster_name = args.cluster_name.clone().or(file.cluster_name);
+        let cluster_id = match &cluster_name {
+            Some(n) => fnv1a(format!("keel-cluster-name:{n}").as_bytes()),
+            None => {
+                let list = peers
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                fnv1a(format!("keel-cluster-peers:{list}").as_bytes())
+            }
+        };
+        let max_record_bytes = args
+            .max_record_bytes
+            .or(file.max_record_bytes)
+            .unwrap_or(DEFAULT_MAX_RECORD_BYTES);
+        if max_record_bytes == 0 || max_record_bytes > 32 << 20 {
+            return Err(bad(format!(
+                "max_record_bytes {max_record_bytes} is outside 1 ..= 33554432"
+            )));
+        }
+        let tick_ms = args.tick_ms.or(file.tick_ms).unwrap_or(50);
+        let election_ticks = args.election_ticks.or(file.election_ticks).unwrap_or(10);
+        if tick_ms == 0 || election_ticks < 2 {
+            return Err(bad("tick_ms must be >= 1 and election_ticks >= 2".into()));
+        }
+        let timeout_ms = args
+            .request_timeout_ms
+            .or(file.request_timeout_ms)
+            .unwrap_or(5000);
+        Ok(ServerConfig {
+            id,
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            client_addr,
+            peer_addr,
+            metrics_addr,
+            peers,
+            cluster_name,
+            cluster_id,
+            max_record_bytes,
+            request_timeout: Duration::from_millis(timeout_ms.max(1)),
+            tick: Duration::from_millis(tick_ms),
+            election_ticks,
+            log_level: file.log_level,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_a_single_node() {
+        let c = ServerConfig::resolve(&ServerArgs::default()).unwrap();
+        assert_eq!(c.id, 1);
+        assert_eq!(c.client_addr, DEFAULT_CLIENT_ADDR);
+        assert_eq!(c.peer_addr, DEFAULT_PEER_ADDR);
+        assert_eq!(c.peers.len(), 1);
+        assert_eq!(c.data_dir, PathBuf::from("keel-data"));
+    }
+
+    #[test]
+    fn peers_are_checked() {
+        assert!(parse_peers("1=a:1,2=b:2").is_ok());
+        assert!(parse_peers("1=a:1,1=b:2").is_err());
+        assert!(parse_peers("x=a:1").is_err());
+        assert!(parse_peers("1=a").is_err());
+        assert!(parse_peers("0=a:1").is_err());
+        let args = ServerArgs {
+            id: Some(4),
+            peers: Some("1=a:1,2=b:2".into()),
+            ..Default::default()
+        };
+        assert!(ServerConfig::resolve(&args).is_err());
+    }
+
+    #[test]
+    fn the_file_is_read_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("keel-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("k.toml");
+        std::fs::write(
+            &f,
+            "id = 2\nclient_addr = \"127.0.0.1:9000\"\n[peers]\n1 = \"h:1\"\n2 = \"h:2\"\n",
+        )
+        .unwrap();
+        let args = ServerArgs {
+            config: Some(f.clone()),
+            client_addr: Some("127.0.0.1:9001".into()),
+            ..Default::default()
+        };
+        let c = ServerConfig::resolve(&args).unwrap();
+        assert_eq!(c.id, 2);
+        assert_eq!(c.peer_addr, "h:2");
+        assert_eq!(c.client_addr, "127.0.0.1:9001");
+        std::fs::write(&f, "bogus = 1\n").unwrap();
+        assert!(ServerConfig::resolve(&args).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,577 @@
+//! Integration tests with real `keel server` processes on loopback.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use keel_client::{Client, ClientOptions};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn three_nodes_append_and_get_through_cli_and_client() {
+    let c = Cluster::start(3, "cli3");
+    let rt = rt();
+    let _enter = rt.enter();
+    let leader = rt.block_on(c.wait_leader(Duration::from_secs(15)));
+    let follower = c.nodes.iter().find(|n| n.id != leader).unwrap();
+    let other = c.nodes.iter().rfind(|n| n.id != leader).unwrap();
+
+    // The quick start, pointed at a follower only: it redirects.
+    let o = keel(&[
+        "append",
+        "-d",
+        "Hello World",
+        "--endpoints",
+        &follower.client_addr,
+    ]);
+    assert!(o.status.success(), "append failed: {}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "0");
+    let o = keel(&["get", "-i", "0", "--endpoints", &other.client_addr]);
+    assert!(o.status.success(), "get failed: {}", stderr(&o));
+    assert_eq!(stdout(&o), "Hello World\n");
+
+    // Many concurrent appends through the client library: distinct offsets.
+    let client = c.client();
+    let offsets = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..200u32 {
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let off = client.append(format!("rec-{i}")).await.unwrap();
+                (off, format!("rec-{i}"))
+            }));
+        }
+        let mut v = Vec::new();
+        for t in tasks {
+            v.push(t.await.unwrap());
+        }
+        v
+    });
+    let mut seen: BTreeMap<u64, String> = BTreeMap::new();
+    for (o, v) in offsets {
+        assert!(seen.insert(o, v).is_none(), "offset {o} given twice");
+    }
+    assert_eq!(*seen.keys().next().unwrap(), 1);
+    assert_eq!(*seen.keys().last().unwrap(), 200);
+    let recs = rt.block_on(client.read(0, 201, false)).unwrap();
+    assert_eq!(recs.len(), 201);
+    for r in &recs[1..] {
+        assert_eq!(seen[&r.offset].as_bytes(), &r.data[..]);
+    }
+
+    // JSON output, ranges, tail, -f and --count.
+    let o = keel(&[
+        "get",
+        "--from",
+        "0",
+        "--to",
+        "2",
+        "--output",
+        "json",
+        "--endpoints",
+        &c.endpoints(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["offset"], 0);
+    assert_eq!(lines[0]["data"], "Hello World");
+    assert_eq!(lines[0]["encoding"], "utf8");
+    let o = keel_in(
+        &c.root.0,
+        &[
+            "append",
+            "-f",
+            "-",
+            "--output",
+            "json",
+            "--endpoints",
+            &c.endpoints(),
+        ],
+        Some("line one\nline two\n"),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "{\"offset\":201}\n{\"offset\":202}\n");
+    let o = keel(&[
+        "append",
+        "-d",
+        "x",
+        "--count",
+        "3",
+        "--endpoints",
+        &c.endpoints(),
+    ]);
+    assert_eq!(stdout(&o), "203\n204\n205\n");
+    let o = keel(&["tail", "--from", "201", "--endpoints", &other.client_addr]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "line one\nline two\nx\nx\nx\n");
+
+    // Binary data comes back as base64 in JSON.
+    rt.block_on(client.append(Bytes::from_static(&[0xff, 0xfe])))
+        .unwrap();
+    let o = keel(&[
+        "get",
+        "-i",
+        "206",
+        "--output",
+        "json",
+        "--endpoints",
+        &c.endpoints(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["encoding"], "base64");
+    assert_eq!(v["data"], "//4=");
+
+    // Status: every member, one leader.
+    let o = keel(&[
+        "status",
+        "--output",
+        "json",
+        "--endpoints",
+        &follower.client_addr,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows.iter().filter(|r| r["role"] == "leader").count(), 1);
+    let o = keel(&["status", "--endpoints", &follower.client_addr]);
+    assert!(stdout(&o).contains("leader"), "{}", stdout(&o));
+
+    // Transfer leadership and keep working.
+    let target = follower.id;
+    let o = keel(&[
+        "transfer-leader",
+        "--to",
+        &target.to_string(),
+        "--endpoints",
+        &c.endpoints(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(rt.block_on(c.wait_leader(Duration::from_secs(10))), target);
+    let o = keel(&[
+        "append",
+        "-d",
+        "after transfer",
+        "--endpoints",
+        &c.endpoints(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "207");
+
+    // Metrics.
+    let mut s = std::net::TcpStream::connect(&c.nodes[0].metrics_addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(body.contains("keel_applied_index"), "{body}");
+    assert!(body.contains("keel_fsync_latency_seconds_bucket"), "{body}");
+}
+
+#[test]
+fn followers_redirect_with_the_leaders_address() {
+    let c = Cluster::start(3, "redirect");
+    let rt = rt();
+    let _enter = rt.enter();
+    let leader = rt.block_on(c.wait_leader(Duration::from_secs(15)));
+    let leader_addr = c.nodes[(leader - 1) as usize].client_addr.clone();
+    let follower = c.nodes.iter().find(|n| n.id != leader).unwrap();
+    rt.block_on(async {
+        let mut raw = keel_proto::v1::keel_client::KeelClient::connect(format!(
+            "http://{}",
+            follower.client_addr
+        ))
+        .await
+        .unwrap();
+        let err = raw
+            .append(keel_proto::v1::AppendRequest {
+                log: 0,
+                records: vec![Bytes::from_static(b"x")],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(err.message().contains(&leader_addr), "{}", err.message());
+        assert_eq!(
+            err.metadata().get("keel-leader").unwrap().to_str().unwrap(),
+            leader_addr
+        );
+        // A linearizable read on a follower is served (confirmed through
+        // the leader); nothing was appended by the refused call.
+        let err = raw
+            .read(keel_proto::v1::ReadRequest {
+                start_offset: 0,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::OutOfRange);
+    });
+}
+
+#[test]
+fn killing_the_leader_loses_no_acknowledged_record() {
+    let mut c = Cluster::start(3, "kill");
+    let rt = rt();
+    let _enter = rt.enter();
+    let leader = rt.block_on(c.wait_leader(Duration::from_secs(15)));
+    let acked: Arc<Mutex<BTreeMap<u64, String>>> = Default::default();
+    let client = Client::new(ClientOptions {
+        endpoints: c.nodes.iter().map(|n| n.client_addr.clone()).collect(),
+        timeout: Duration::from_secs(10),
+        ..Default::default()
+    })
+    .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let client = client.clone();
+            let acked = acked.clone();
+            let stop = stop.clone();
+            rt.spawn(async move {
+                let mut i = 0u64;
+                let mut errors = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let v = format!("w{w}-{i}");
+                    i += 1;
+                    match client.append(v.clone()).await {
+                        Ok(off) => {
+                            assert!(
+                                acked.lock().unwrap().insert(off, v).is_none(),
+                                "offset {off} acknowledged twice"
+                            );
+                        }
+                        Err(_) => errors += 1,
+                    }
+                }
+                errors
+            })
+        })
+        .collect();
+    let wait_for = |n: usize, within: Duration| {
+        let deadline = Instant::now() + within;
+        while acked.lock().unwrap().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} acks",
+                acked.lock().unwrap().len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(300, Duration::from_secs(20));
+    c.node(leader).kill();
+    let before = acked.lock().unwrap().len();
+    wait_for(before + 300, Duration::from_secs(30));
+    let new_leader = rt.block_on(c.wait_leader(Duration::from_secs(15)));
+    assert_ne!(new_leader, leader);
+    c.node(leader).start();
+    let now = acked.lock().unwrap().len();
+    wait_for(now + 200, Duration::from_secs(30));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        rt.block_on(w).unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let max = *acked.keys().last().unwrap();
+
+    // Every node, the restarted one included, catches up and holds every
+    // acknowledged record at its offset.
+    for n in &c.nodes {
+        let one = Client::new(ClientOptions {
+            endpoints: vec![n.client_addr.clone()],
+            timeout: Duration::from_secs(5),
+            ..Default::default()
+        })
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let recs = loop {
+            let recs = rt.block_on(one.read(0, max + 1, true)).unwrap_or_default();
+            if recs.len() as u64 == max + 1 {
+                break recs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} has {} of {} records\n{}",
+                n.id,
+                recs.len(),
+                max + 1,
+                c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        for (off, v) in &acked {
+            assert_eq!(
+                &recs[*off as usize].data[..],
+                v.as_bytes(),
+                "node {} offset {off}",
+                n.id
+            );
+        }
+    }
+}
+
+#[test]
+fn errors_are_clear() {
+    // Wrong flags: exit code 2 and a message.
+    let o = keel(&["append"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("required"), "{}", stderr(&o));
+    let o = keel(&["server", "--peers", "1=nowhere"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("HOST:PORT"), "{}", stderr(&o));
+    let o = keel(&["get", "-i", "zero"]);
+    assert_eq!(o.status.code(), Some(2));
+
+    // Unknown endpoints.
+    let port = free_ports(1)[0];
+    let t0 = Instant::now();
+    let o = keel(&[
+        "get",
+        "-i",
+        "0",
+        "--endpoints",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("cannot reach any endpoint"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    assert!(t0.elapsed() < Duration::from_secs(10));
+
+    let mut c = Cluster::new(1, "errors", &["--max-record-bytes", "1024"]);
+    c.nodes[0].start();
+    let rt = rt();
+    let _enter = rt.enter();
+    rt.block_on(c.wait_leader(Duration::from_secs(15)));
+    let ep = c.endpoints();
+
+    // Oversize record.
+    let big = "x".repeat(2000);
+    let o = keel(&["append", "-d", &big, "--endpoints", &ep]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("1024"), "{}", stderr(&o));
+
+    // Read past the end.
+    let o = keel(&["append", "-d", "one", "--endpoints", &ep]);
+    assert!(o.status.success());
+    let o = keel(&["get", "-i", "5", "--endpoints", &ep]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("past the end"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("next offset is 1"), "{}", stderr(&o));
+
+    // A second server on the same data directory fails at once.
+    let dir = c.nodes[0].dir.display().to_string();
+    let ports = free_ports(3);
+    let t0 = Instant::now();
+    let o = keel(&[
+        "server",
+        "--data-dir",
+        &dir,
+        "--client-addr",
+        &format!("127.0.0.1:{}", ports[0]),
+        "--peer-addr",
+        &format!("127.0.0.1:{}", ports[1]),
+        "--metrics-addr",
+        "off",
+    ]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        stderr(&o).contains("in use by another keel server"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5));
+
+    // A data directory of another node id is refused.
+    c.nodes[0].kill();
+    let o = keel(&[
+        "server",
+        "--id",
+        "2",
+        "--data-dir",
+        &dir,
+        "--peers",
+        &format!("1=127.0.0.1:{},2=127.0.0.1:{}", ports[1], ports[2]),
+        "--client-addr",
+        &format!("127.0.0.1:{}", ports[0]),
+        "--metrics-addr",
+        "off",
+    ]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("belongs to node 1"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_garbage_peer_is_disconnected_and_the_node_lives_on() {
+    let c = Cluster::start(1, "garbage");
+    let rt = rt();
+    let _enter = rt.enter();
+    rt.block_on(c.wait_leader(Duration::from_secs(15)));
+    let n = &c.nodes[0];
+    // Random bytes, then a well-formed length with a garbage body.
+    let mut seed = 0x1234_5678_9abc_def0u64;
+    let mut junk = vec![0u8; 4096];
+    for b in junk.iter_mut() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        *b = seed as u8;
+    }
+    for payload in [junk.clone(), [&[16u8, 0, 0, 0][..], &junk[..16]].concat()] {
+        let mut s = std::net::TcpStream::connect(&n.peer_addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(&payload);
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("connection not closed: {other:?}"),
+        }
+    }
+    let o = keel(&["append", "-d", "still here", "--endpoints", &n.client_addr]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(n.log().contains("closed a peer connection"), "{}", n.log());
+}
+
+#[test]
+fn a_node_runs_from_a_config_file_and_keel_variables() {
+    let root = TempDir::new("config");
+    let ports = free_ports(3);
+    let cfg = root.0.join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\nclient_addr = \"127.0.0.1:{}\"\npeer_addr = \"127.0.0.1:{}\"\n",
+            root.0.join("data").display(),
+            ports[0],
+            ports[1]
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(root.0.join("server.log")).unwrap();
+    let mut child = std::process::Command::new(KEEL)
+        .args(["server", "--config", &cfg.display().to_string()])
+        .env("KEEL_METRICS_ADDR", format!("127.0.0.1:{}", ports[2]))
+        .env("KEEL_CLUSTER_NAME", "from-env")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let ep = format!("127.0.0.1:{}", ports[0]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let o = loop {
+        let o = std::process::Command::new(KEEL)
+            .args(["append", "-d", "configured", "--timeout", "1s"])
+            .env("KEEL_ENDPOINTS", &ep)
+            .output()
+            .unwrap();
+        if o.status.success() || Instant::now() > deadline {
+            break o;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "0");
+    let meta = std::fs::read_to_string(root.0.join("data/node.toml")).unwrap();
+    assert!(meta.contains("node_id = 1"), "{meta}");
+    let mut s = std::net::TcpStream::connect(format!("127.0.0.1:{}", ports[2])).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(body.contains("keel_append_records_total"), "{body}");
+    // SIGTERM stops it cleanly.
+    sigterm(child.id());
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            assert!(st.success(), "exit status {st}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "server did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(root.0.join("server.log")).unwrap();
+    assert!(log.contains("stopped"), "{log}");
+}
+
+fn sigterm(pid: u32) {
+    // SAFETY: kill(2) on a child this test spawned and has not reaped.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0, "kill failed");
+}
+
+#[test]
+fn without_a_quorum_appends_fail_clearly() {
+    let mut c = Cluster::start(3, "noquorum");
+    let rt = rt();
+    let leader = rt.block_on(c.wait_leader(Duration::from_secs(15)));
+    let ep = c.endpoints();
+    let o = keel(&["append", "-d", "before", "--endpoints", &ep]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Leave one node: it cannot commit, and it stops claiming leadership.
+    let survivor = if leader == 1 { 2 } else { 1 };
+    let s = c.nodes[(survivor - 1) as usize].client_addr.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !keel(&["get", "-i", "0", "--stale", "--endpoints", &s])
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node {survivor} never applied record 0"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for id in 1..=3 {
+        if id != survivor {
+            c.node(id).kill();
+        }
+    }
+    let t0 = Instant::now();
+    let o = keel(&[
+        "append",
+        "-d",
+        "lost",
+        "--timeout",
+        "3s",
+        "--endpoints",
+        &ep,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("no leader") || err.contains("no quorum") || err.contains("outcome unknown"),
+        "{err}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    // Stale reads still work on the survivor; linearizable ones do not.
+    let o = keel(&["get", "-i", "0", "--stale", "--endpoints", &s]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "before\n");
+    let o = keel(&["get", "-i", "0", "--timeout", "2s", "--endpoints", &s]);
+    assert_eq!(o.status.code(), Some(1));
+}
