@@ -565,6 +565,16 @@ impl Driver {
             if let Some(ss) = rd.soft_state {
                 self.on_soft_state(ss);
             }
+            if let Some(meta) = &rd.install_snapshot {
+                // The server never compacts its log (the log is the state),
+                // so no leader should send one. Refuse rather than apply
+                // half of it: this node stops acknowledging anything.
+                self.fail_store(format!(
+                    "a snapshot at index {} arrived, but this server does not install snapshots",
+                    meta.index
+                ));
+                return;
+            }
             if let Some(id) = rd.persist_id {
                 if let Some(hs) = rd.hard_state {
                     let store = self.store.clone();
