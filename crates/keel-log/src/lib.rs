@@ -5,7 +5,10 @@
 //! in segment files named by their first index, with an index file per
 //! sealed segment, an atomically replaced hard state and a small metadata
 //! file for the log's start. Appends from many threads share one
-//! `fdatasync` (group commit) and complete in submission order; reads by
+//! `fdatasync` (group commit) and complete in submission order, whether
+//! submitted asynchronously ([`LogStore::append`], performed by the store's
+//! writer thread) or on the blocking path ([`LogStore::append_and_wait`],
+//! performed by the calling thread when it is alone); reads by
 //! raft index and by user offset run concurrently with the writer, recent
 //! entries from memory. Open cuts a torn tail and refuses anything else
 //! that is wrong; [`check`] verifies a directory offline. A failed write or
@@ -13,7 +16,9 @@
 //!
 //! Map of the crate:
 //! - `store`: [`LogStore`], planning of writes, reads
-//! - `writer`: the group-commit writer thread, failure handling
+//! - `group_commit`: the write turn (writer thread, leading callers of the
+//!   blocking path), `AppendTicket`
+//! - `writer`: performing a round of the group commit, failure handling
 //! - `mem_index`: the in-memory index (positions, offsets, term runs)
 //! - `cache`: recent entries in memory
 //! - `segment`: segment file format, naming, scanning
@@ -29,6 +34,7 @@ mod check;
 mod completion;
 mod error;
 pub mod fs;
+mod group_commit;
 mod mem_index;
 mod meta;
 mod options;
@@ -43,6 +49,7 @@ pub use check::{CheckReport, IndexFileStatus, Problem, SegmentSummary, check, ch
 pub use completion::{Completion, Durable};
 pub use error::{LogError, Result};
 pub use fs::{Fs, FsFile, OpenMode, RealFs};
+pub use group_commit::AppendTicket;
 pub use meta::HardState;
 pub use options::LogOptions;
 pub use recovery::{RecoveryReport, TornTail};

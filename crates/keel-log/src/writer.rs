@@ -1,14 +1,14 @@
-//! The group-commit writer: one thread per store performs every file
-//! mutation, in submission order.
+//! Performing a round of the group commit: every file mutation, in
+//! submission order, executed by whoever holds the write turn (see
+//! `group_commit`).
 //!
-//! Each round it takes everything queued (up to `max_batch_bytes`, after
-//! waiting at most `max_batch_wait` for more), writes the batches with
-//! vectored writes straight from the callers' buffers (no copy), performs
-//! truncations, rolls, purges and resets at their place in the order, then
-//! issues one `fdatasync` for the round and completes the round's operations
-//! in order. Truncations and segment deletions are made durable (file
-//! length synced, directory fsynced) within the round, so no write that
-//! follows a truncation can complete before the truncation is durable.
+//! A round takes what is queued, writes the batches with vectored writes
+//! straight from the callers' buffers (no copy), performs truncations,
+//! rolls, purges and resets at their place in the order, then issues one
+//! `fdatasync` for the round and completes the round's operations in order.
+//! Truncations and segment deletions are made durable (file length synced,
+//! directory fsynced) within the round, so no write that follows a
+//! truncation can complete before the truncation is durable.
 //!
 //! Failure model: a failed fsync, or a failed write other than ENOSPC, puts
 //! the store into the failed state (every later write is refused; nothing is
@@ -17,7 +17,6 @@
 //! that operation and everything queued behind it with `NoSpace`, and
 //! rebuilds the in-memory index from the files; the store stays usable.
 
-use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +43,8 @@ pub(crate) struct Op {
     /// The log's last entry once this operation is done.
     pub result: Durable,
     pub done: Option<Completer>,
+    /// A caller is blocked on this operation and can lead a round.
+    pub leads: bool,
 }
 
 pub(crate) enum OpKind {
@@ -69,15 +70,6 @@ pub(crate) enum OpKind {
     Barrier,
 }
 
-#[derive(Default)]
-pub(crate) struct Queue {
-    pub ops: VecDeque<Op>,
-    pub bytes: usize,
-    /// The writer is waiting for work: a submitter must notify it.
-    pub idle: bool,
-    pub shutdown: bool,
-}
-
 /// The segment the writer appends to.
 pub(crate) struct Active {
     pub sid: u64,
@@ -94,9 +86,6 @@ pub(crate) struct Active {
 /// third cheaper on ext4). Recovery cuts the zero tail; sealing and closing
 /// trim it.
 const PREALLOCATE: u64 = 8 << 20;
-
-/// How long the writer spins for new work before it sleeps.
-const SPIN: std::time::Duration = std::time::Duration::from_micros(30);
 
 struct Failure {
     error: LogError,
@@ -186,11 +175,8 @@ impl Writer {
         }
     }
 
-    pub fn run(mut self) {
-        while let Some(ops) = self.take() {
-            self.round(ops);
-        }
-        // Clean shutdown: leave the active segment without its zero tail.
+    /// Clean shutdown: leave the active segment without its zero tail.
+    pub fn trim_on_close(&mut self) {
         if self.sh.failure().is_none() && self.active.cap > self.active.len {
             let trimmed = self
                 .active
@@ -238,63 +224,9 @@ impl Writer {
         self.sh.dir.join(index_name(first))
     }
 
-    /// Waits for work and takes a round's worth.
-    fn take(&self) -> Option<Vec<Op>> {
-        let sh = &self.sh;
-        // A submitter that just got its completion usually submits again
-        // within microseconds: spin briefly before paying for a sleep and a
-        // wake-up. Bounded, so an idle store costs nothing.
-        if sh.queued.load(Ordering::Acquire) == 0 {
-            let t = std::time::Instant::now();
-            'spin: while t.elapsed() < SPIN {
-                for _ in 0..64 {
-                    std::hint::spin_loop();
-                    if sh.queued.load(Ordering::Acquire) > 0 {
-                        break 'spin;
-                    }
-                }
-            }
-        }
-        let mut q = sh.lock_queue();
-        while q.ops.is_empty() {
-            if q.shutdown {
-                return None;
-            }
-            q.idle = true;
-            q = sh.queue_cv.wait(q).unwrap_or_else(|p| p.into_inner());
-        }
-        let wait = sh.opts.max_batch_wait;
-        if !wait.is_zero() {
-            let deadline = std::time::Instant::now() + wait;
-            while q.bytes < sh.opts.max_batch_bytes && !q.shutdown {
-                let now = std::time::Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                q.idle = true;
-                q = sh
-                    .queue_cv
-                    .wait_timeout(q, deadline - now)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-            }
-        }
-        q.idle = false;
-        let mut ops = Vec::with_capacity(q.ops.len());
-        let mut bytes = 0;
-        while let Some(op) = q.ops.front() {
-            if !ops.is_empty() && bytes + op.bytes > sh.opts.max_batch_bytes {
-                break;
-            }
-            bytes += op.bytes;
-            ops.extend(q.ops.pop_front());
-        }
-        q.bytes -= bytes;
-        sh.queued.store(q.ops.len(), Ordering::Release);
-        Some(ops)
-    }
-
-    fn round(&mut self, ops: Vec<Op>) {
+    /// Performs one round: executes `ops`, syncs, completes them in order.
+    /// Called only by the holder of the write turn.
+    pub fn round(&mut self, ops: Vec<Op>) {
         if let Some(cause) = self.sh.failure() {
             self.finish_failed(ops, cause);
             return;
@@ -667,7 +599,6 @@ impl Writer {
             {
                 let mut q = self.sh.lock_queue();
                 later.extend(q.ops.drain(..));
-                self.sh.queued.store(0, Ordering::Release);
                 q.bytes = 0;
             }
             match recovery::recover(&*self.sh.fs, &self.sh.dir, st.next_sid, false) {
