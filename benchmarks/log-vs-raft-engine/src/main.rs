@@ -4,15 +4,22 @@
 //! - synced appends: W writer threads (1, 16, 64), each appending one entry
 //!   of one R-byte record (256 B, 1 KiB, 4 KiB) and waiting until it is
 //!   durable before the next. keel-log: one store (one raft group) shared by
-//!   the writers, as a node uses it. raft-engine: one engine, one region per
-//!   writer, each append a `LogBatch` written with `sync = true`, as TiKV
+//!   the writers, as a node uses it; each writer takes the next index under
+//!   a lock and queues its entry (`begin_append`), then waits outside the
+//!   lock on the blocking path (`AppendTicket::wait`, the analogue of
+//!   raft-engine's synchronous write; `--keel-path async` uses `append` and
+//!   waits on the completion instead). raft-engine: one engine, one region
+//!   per writer, each append a `LogBatch` written with `sync = true`, as TiKV
 //!   uses it.
 //! - large writes: 1 MiB appends (64 entries of 16 KiB), synced, from one
 //!   and from four writers, against the raw disk: 1 MiB writes with an
 //!   fdatasync after each, and with one fdatasync at the end.
 //! - sequential read of everything the single-writer large test wrote.
 //!
-//! cargo run --release --manifest-path benchmarks/log-vs-raft-engine/Cargo.toml -- [--dir DIR] [--secs N] [--large-mib N] [--rounds N]
+//! Every point runs the two stores alternately `--rounds` times and reports
+//! each one's median (the disk is shared and noisy), with the range.
+//!
+//! cargo run --release --manifest-path benchmarks/log-vs-raft-engine/Cargo.toml -- [--dir DIR] [--secs N] [--large-mib N] [--rounds N] [--keel-path blocking|async] [--only-small|--only-large]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -43,9 +50,14 @@ struct Args {
     dir: PathBuf,
     secs: f64,
     large_mib: usize,
-    /// Runs per point, alternating the stores; the best of each is kept
-    /// (the machine is shared, interference only ever slows a run down).
+    /// Runs per point, alternating the stores; each one's median is
+    /// reported (the machine is shared and noisy).
     rounds: usize,
+    /// keel-log's synchronous writers wait on the blocking path
+    /// (`AppendTicket::wait`) rather than on an asynchronous completion.
+    blocking: bool,
+    small: bool,
+    large: bool,
 }
 
 fn args() -> Args {
@@ -53,21 +65,41 @@ fn args() -> Args {
         dir: std::env::temp_dir(),
         secs: 2.0,
         large_mib: 256,
-        rounds: 3,
+        rounds: 5,
+        blocking: true,
+        small: true,
+        large: true,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < v.len() {
         let val = v.get(i + 1).cloned().unwrap_or_default();
+        let mut step = 2;
         match v[i].as_str() {
             "--dir" => a.dir = PathBuf::from(val),
             "--secs" => a.secs = val.parse().expect("--secs N"),
             "--large-mib" => a.large_mib = val.parse().expect("--large-mib N"),
             "--rounds" => a.rounds = val.parse().expect("--rounds N"),
+            "--keel-path" => {
+                a.blocking = match val.as_str() {
+                    "blocking" => true,
+                    "async" => false,
+                    _ => panic!("--keel-path blocking|async"),
+                }
+            }
+            "--only-small" => {
+                a.large = false;
+                step = 1;
+            }
+            "--only-large" => {
+                a.small = false;
+                step = 1;
+            }
             other => panic!("unknown argument {other}"),
         }
-        i += 2;
+        i += step;
     }
+    assert!(a.rounds >= 1, "--rounds must be at least 1");
     a
 }
 
@@ -90,6 +122,25 @@ struct Point {
     mb_per_s: f64,
     p50_us: u32,
     p99_us: u32,
+}
+
+/// The median of a point's runs (by appends/s), and the lowest and highest
+/// appends/s seen.
+fn median_point(mut runs: Vec<Point>) -> (Point, f64, f64) {
+    runs.sort_by(|a, b| a.ops_per_s.total_cmp(&b.ops_per_s));
+    let lo = runs[0].ops_per_s;
+    let hi = runs[runs.len() - 1].ops_per_s;
+    (runs[runs.len() / 2], lo, hi)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn percentile(sorted: &[u32], p: f64) -> u32 {
@@ -142,7 +193,7 @@ where
     }
 }
 
-fn keel_synced(base: &Path, writers: usize, size: usize, secs: f64) -> Point {
+fn keel_synced(base: &Path, writers: usize, size: usize, secs: f64, blocking: bool) -> Point {
     let dir = TempDir::new_in(Some(base), "keel").unwrap();
     let (store, _) = LogStore::open(dir.path(), LogOptions::default()).unwrap();
     let store = Arc::new(store);
@@ -151,14 +202,19 @@ fn keel_synced(base: &Path, writers: usize, size: usize, secs: f64) -> Point {
     drive(writers, secs, move |_, _| {
         // Raft orders a group's entries: index and offset are handed out
         // under a lock, then the writers wait concurrently.
-        let c = {
-            let mut n = next.lock().unwrap();
-            let b = BatchBuilder::single(&data).seal(EntryKind::Data, 1, n.0, n.1, 0);
-            n.0 += 1;
-            n.1 += 1;
-            store.append(vec![b])
-        };
-        c.wait().unwrap();
+        let mut n = next.lock().unwrap();
+        let b = BatchBuilder::single(&data).seal(EntryKind::Data, 1, n.0, n.1, 0);
+        n.0 += 1;
+        n.1 += 1;
+        if blocking {
+            let t = store.begin_append(vec![b]).unwrap();
+            drop(n);
+            t.wait().unwrap();
+        } else {
+            let c = store.append(vec![b]);
+            drop(n);
+            c.wait().unwrap();
+        }
         size as u64
     })
 }
@@ -208,7 +264,7 @@ fn raw_disk(base: &Path, mib: usize, sync_each: bool) -> f64 {
 
 /// 1 MiB appends (64 x 16 KiB entries), encoded before the clock starts,
 /// from `writers` threads; returns MiB/s and the directory.
-fn keel_large(base: &Path, mib: usize, writers: usize) -> (f64, TempDir) {
+fn keel_large(base: &Path, mib: usize, writers: usize, blocking: bool) -> (f64, TempDir) {
     let dir = TempDir::new_in(Some(base), "keel-large").unwrap();
     let (store, _) = LogStore::open(dir.path(), LogOptions::default()).unwrap();
     let data = payload(16 << 10, 3);
@@ -232,14 +288,17 @@ fn keel_large(base: &Path, mib: usize, writers: usize) -> (f64, TempDir) {
         for _ in 0..writers {
             s.spawn(|| {
                 loop {
-                    let c = {
-                        let mut q = queue.lock().unwrap();
-                        match q.next() {
-                            Some(a) => store.append(a),
-                            None => break,
-                        }
-                    };
-                    c.wait().unwrap();
+                    let mut q = queue.lock().unwrap();
+                    let Some(a) = q.next() else { break };
+                    if blocking {
+                        let t = store.begin_append(a).unwrap();
+                        drop(q);
+                        t.wait().unwrap();
+                    } else {
+                        let c = store.append(a);
+                        drop(q);
+                        c.wait().unwrap();
+                    }
                 }
             });
         }
@@ -326,79 +385,116 @@ fn main() {
     let a = args();
     std::fs::create_dir_all(&a.dir).unwrap();
     println!(
-        "keel-log vs raft-engine 0.4.2, data under {}, {} s per run, best of {} alternating runs per point, every append synced",
+        "keel-log ({} path) vs raft-engine 0.4.2, data under {}, {} s per run, median of {} alternating runs per point, every append synced",
+        if a.blocking { "blocking" } else { "async" },
         a.dir.display(),
         a.secs,
         a.rounds
     );
+    if a.small {
+        small(&a);
+    }
+    if a.large {
+        large(&a);
+    }
+}
+
+fn small(a: &Args) {
     println!(
-        "{:>7} {:>6} | {:>10} {:>7} {:>6} {:>6} | {:>10} {:>7} {:>6} {:>6} | {:>6}",
+        "{:>7} {:>6} | {:>10} {:>7} {:>6} {:>6} {:>15} | {:>10} {:>7} {:>6} {:>6} {:>15} | {:>6}",
         "writers",
         "record",
         "keel/s",
         "MB/s",
         "p50us",
         "p99us",
+        "keel range",
         "r-e/s",
         "MB/s",
         "p50us",
         "p99us",
+        "r-e range",
         "ratio"
     );
     for &size in &[256usize, 1024, 4096] {
         for &w in &[1usize, 16, 64] {
-            let (mut k, mut r) = (Point::default(), Point::default());
-            for _ in 0..a.rounds {
-                let kk = keel_synced(&a.dir, w, size, a.secs);
-                if kk.ops_per_s > k.ops_per_s {
-                    k = kk;
-                }
-                let rr = raft_engine_synced(&a.dir, w, size, a.secs);
-                if rr.ops_per_s > r.ops_per_s {
-                    r = rr;
+            let (mut ks, mut rs) = (Vec::new(), Vec::new());
+            for round in 0..a.rounds {
+                // Alternate which store goes first, so that neither always
+                // runs right after the other's files were written.
+                if round % 2 == 0 {
+                    ks.push(keel_synced(&a.dir, w, size, a.secs, a.blocking));
+                    rs.push(raft_engine_synced(&a.dir, w, size, a.secs));
+                } else {
+                    rs.push(raft_engine_synced(&a.dir, w, size, a.secs));
+                    ks.push(keel_synced(&a.dir, w, size, a.secs, a.blocking));
                 }
             }
+            let (k, klo, khi) = median_point(ks);
+            let (r, rlo, rhi) = median_point(rs);
             println!(
-                "{:>7} {:>6} | {:>10.0} {:>7.1} {:>6} {:>6} | {:>10.0} {:>7.1} {:>6} {:>6} | {:>6.2}",
+                "{:>7} {:>6} | {:>10.0} {:>7.1} {:>6} {:>6} {:>15} | {:>10.0} {:>7.1} {:>6} {:>6} {:>15} | {:>6.2}",
                 w,
                 size,
                 k.ops_per_s,
                 k.mb_per_s,
                 k.p50_us,
                 k.p99_us,
+                format!("{klo:.0}-{khi:.0}"),
                 r.ops_per_s,
                 r.mb_per_s,
                 r.p50_us,
                 r.p99_us,
+                format!("{rlo:.0}-{rhi:.0}"),
                 k.ops_per_s / r.ops_per_s
             );
         }
     }
-    let best = |f: &dyn Fn() -> f64| (0..a.rounds).map(|_| f()).fold(0.0, f64::max);
-    let raw_each = best(&|| raw_disk(&a.dir, a.large_mib, true));
-    let raw_end = best(&|| raw_disk(&a.dir, a.large_mib, false));
-    println!(
-        "raw disk: {raw_each:.0} MiB/s (1 MiB writes, fdatasync after each), {raw_end:.0} MiB/s (one fdatasync at the end)"
-    );
+}
+
+fn large(a: &Args) {
+    // Each round measures the raw disk and both stores, alternating, so
+    // that the percentages compare figures from the same minutes.
+    let (mut raw_each, mut raw_end) = (Vec::new(), Vec::new());
+    let mut k = [Vec::new(), Vec::new()];
+    let mut r = [Vec::new(), Vec::new()];
     let mut read_dirs = None;
-    for &w in &[1usize, 4] {
-        let (mut k, mut r) = (0.0f64, 0.0f64);
-        for _ in 1..a.rounds {
-            k = k.max(keel_large(&a.dir, a.large_mib, w).0);
-            r = r.max(raft_engine_large(&a.dir, a.large_mib, w).0);
+    for round in 0..a.rounds {
+        raw_each.push(raw_disk(&a.dir, a.large_mib, true));
+        raw_end.push(raw_disk(&a.dir, a.large_mib, false));
+        for (slot, &w) in [1usize, 4].iter().enumerate() {
+            let (kl, kdir) = keel_large(&a.dir, a.large_mib, w, a.blocking);
+            let (rl, rdir, engine) = raft_engine_large(&a.dir, a.large_mib, w);
+            k[slot].push(kl);
+            r[slot].push(rl);
+            if w == 1 && round + 1 == a.rounds {
+                read_dirs = Some((kdir, rdir, engine));
+            }
         }
-        let (kl, kdir) = keel_large(&a.dir, a.large_mib, w);
-        let (rl, rdir, engine) = raft_engine_large(&a.dir, a.large_mib, w);
-        let (k, r) = (k.max(kl), r.max(rl));
+    }
+    let fmt_range = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::MAX, f64::min);
+        let hi = v.iter().copied().fold(0.0, f64::max);
+        format!("{lo:.0}-{hi:.0}")
+    };
+    let each = median(raw_each.clone());
+    let end = median(raw_end.clone());
+    println!(
+        "raw disk: {each:.0} MiB/s (1 MiB writes, fdatasync after each; range {}), {end:.0} MiB/s (one fdatasync at the end; range {})",
+        fmt_range(&raw_each),
+        fmt_range(&raw_end)
+    );
+    for (slot, w) in [1usize, 4].into_iter().enumerate() {
+        let km = median(k[slot].clone());
+        let rm = median(r[slot].clone());
         println!(
-            "large writes, {w} writer(s) of 1 MiB appends: keel-log {k:.0} MiB/s ({:.0}% of raw each-synced, {:.0}% of raw end-synced), raft-engine {r:.0} MiB/s, ratio {:.2}",
-            100.0 * k / raw_each,
-            100.0 * k / raw_end,
-            k / r
+            "large writes, {w} writer(s) of 1 MiB appends: keel-log {km:.0} MiB/s (range {}; {:.0}% of raw each-synced, {:.0}% of raw end-synced), raft-engine {rm:.0} MiB/s (range {}), ratio {:.2}",
+            fmt_range(&k[slot]),
+            100.0 * km / each,
+            100.0 * km / end,
+            fmt_range(&r[slot]),
+            km / rm
         );
-        if w == 1 {
-            read_dirs = Some((kdir, rdir, engine));
-        }
     }
     if let Some((kdir, _rdir, engine)) = read_dirs {
         let k = keel_read(kdir.path());
