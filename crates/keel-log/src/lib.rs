@@ -11,7 +11,9 @@
 //! performed by the calling thread when it is alone); reads by
 //! raft index and by user offset run concurrently with the writer, recent
 //! entries from memory. Open cuts a torn tail and refuses anything else
-//! that is wrong; [`check`] verifies a directory offline. A failed write or
+//! that is wrong; [`check`] verifies a directory offline, and [`repair`]
+//! cuts a damaged log at its first bad point (an operator's decision: it
+//! may discard acknowledged entries). A failed write or
 //! fsync puts the store into a failed state that refuses later writes.
 //!
 //! Map of the crate:
@@ -26,6 +28,7 @@
 //! - `meta`: hard state and log-start files, atomic replace
 //! - `recovery`: open-time recovery rules
 //! - `check`: offline verification
+//! - `repair`: the explicit repair (cut at the first bad point, with a backup)
 //! - `completion`: the runtime-agnostic completion (blocking and `Future`)
 //! - `fs`: the filesystem layer; `testing`: fault injection and temp dirs
 
@@ -39,6 +42,7 @@ mod mem_index;
 mod meta;
 mod options;
 mod recovery;
+mod repair;
 mod seg_index;
 mod segment;
 mod store;
@@ -53,6 +57,7 @@ pub use group_commit::AppendTicket;
 pub use meta::HardState;
 pub use options::LogOptions;
 pub use recovery::{RecoveryReport, TornTail};
+pub use repair::{RemovedFile, RepairReport, TruncatedFile, repair, repair_with};
 pub use store::LogStore;
 
 /// Raft indexes (and floors) at or above this are refused as corrupt, so

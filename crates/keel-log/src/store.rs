@@ -149,7 +149,7 @@ enum Part {
     },
 }
 
-const LOCK_FILE: &str = "LOCK";
+pub(crate) const LOCK_FILE: &str = "LOCK";
 
 impl LogStore {
     /// Opens (creating if needed) the store in `dir`, recovering from
