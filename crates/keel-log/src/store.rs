@@ -182,6 +182,7 @@ impl LogStore {
             })?,
             len: a.end_pos,
             cap: a.end_pos,
+            written: a.end_pos,
         };
         let last = rec.index.last_index;
         let state = State {

@@ -79,6 +79,10 @@ pub(crate) struct Active {
     pub len: u64,
     /// The file's size: data plus preallocated (zero) space after it.
     pub cap: u64,
+    /// Blocks up to here hold written bytes (data, or zeros written ahead
+    /// of it): writes below it overwrite allocated blocks, so their
+    /// fdatasync has no allocation to commit. At least `len`.
+    pub written: u64,
 }
 
 /// The active segment is extended ahead of the data in steps of this size,
@@ -86,6 +90,15 @@ pub(crate) struct Active {
 /// third cheaper on ext4). Recovery cuts the zero tail; sealing and closing
 /// trim it.
 const PREALLOCATE: u64 = 8 << 20;
+
+/// Writes up to this size get zeros written ahead of them (see `prepare`).
+const SMALL_WRITE: u64 = 64 << 10;
+
+/// How far ahead of small writes the file is filled with zeros.
+const ZERO_AHEAD: u64 = 1 << 20;
+
+/// The unit of the zero filling (the page size of common systems).
+const PAGE: u64 = 4096;
 
 struct Failure {
     error: LogError,
@@ -189,9 +202,39 @@ impl Writer {
         }
     }
 
-    /// Makes room for the data to end at `end` without growing the file
-    /// size at every write.
-    fn preallocate(&mut self, end: u64) -> io::Result<()> {
+    /// Makes room for a write of `len` bytes at `start` such that its
+    /// fdatasync has as little besides the data to persist as possible.
+    ///
+    /// Small writes are the common case of a synced log, and a write into a
+    /// block the file system has not allocated yet makes its fdatasync
+    /// persist the allocation too. So ahead of small writes the file is
+    /// filled with zeros, `ZERO_AHEAD` at a time (one allocation per MiB
+    /// instead of one per block; measured on this ext4: 4 KiB appends sync
+    /// ≈50 % more often, 256 B ones ≈15 %). The zeros are written one page
+    /// per call: a larger write makes the page cache use large folios, and
+    /// then every small append dirties, and fdatasync walks, a whole large
+    /// folio (which cost more than the allocation saved). Ahead of large
+    /// writes, which would pay for the zeros with as many bytes again, the
+    /// file is only extended (`set_len`, in `PREALLOCATE` steps), which
+    /// spares fdatasync the file size update. Either way the space after
+    /// the data reads as zeros, which recovery cuts as an unwritten tail.
+    fn prepare(&mut self, start: u64, len: u64) -> io::Result<()> {
+        let end = start + len;
+        if len <= SMALL_WRITE && end > self.active.written {
+            let from = self.active.written;
+            let to = end.max((from + ZERO_AHEAD).min(self.sh.opts.segment_bytes));
+            let zeros = [0u8; PAGE as usize];
+            let mut at = from;
+            while at < to {
+                let n = (PAGE - at % PAGE).min(to - at) as usize;
+                write_all_at(&*self.active.file, &mut [IoSlice::new(&zeros[..n])], at)
+                    .map_err(|p| p.error)?;
+                at += n as u64;
+            }
+            self.active.written = to;
+            self.active.cap = self.active.cap.max(to);
+            return Ok(());
+        }
         if end <= self.active.cap {
             return Ok(());
         }
@@ -211,6 +254,7 @@ impl Writer {
                 .set_len(self.active.len)
                 .map_err(|e| Failure::fatal("truncate", self.seg_path(self.active.first), e))?;
             self.active.cap = self.active.len;
+            self.active.written = self.active.len;
             self.active_dirty = true;
         }
         Ok(())
@@ -315,7 +359,7 @@ impl Writer {
         if run.iov.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.preallocate(run.start + run.len) {
+        if let Err(e) = self.prepare(run.start, run.len) {
             let op = run.op_starts.first().map_or(0, |&(op, _)| op);
             run.iov.clear();
             run.op_starts.clear();
@@ -330,6 +374,7 @@ impl Writer {
         let out = match res {
             Ok(()) => {
                 self.active.len = run.start + run.len;
+                self.active.written = self.active.written.max(self.active.len);
                 Ok(())
             }
             Err(p) => {
@@ -414,6 +459,7 @@ impl Writer {
             file,
             len: 0,
             cap: 0,
+            written: 0,
         };
         Ok(())
     }
@@ -455,6 +501,7 @@ impl Writer {
             file,
             len: plan.cut_pos,
             cap: plan.cut_pos,
+            written: plan.cut_pos,
         };
         self.active_dirty = true;
         Ok(())
@@ -518,6 +565,7 @@ impl Writer {
             file,
             len: 0,
             cap: 0,
+            written: 0,
         };
         self.active_dirty = false;
         Ok(())
@@ -623,6 +671,7 @@ impl Writer {
                                 file: file.clone(),
                                 len: a.end_pos,
                                 cap: a.end_pos,
+                                written: a.end_pos,
                             };
                             Ok(st.index.last_index)
                         }
@@ -713,10 +762,12 @@ impl Writer {
                     file,
                     len: *pos,
                     cap: *pos,
+                    written: *pos,
                 };
             } else {
                 self.active.len = *pos;
                 self.active.cap = *pos;
+                self.active.written = *pos;
             }
             self.active_dirty = false;
             Ok(())
