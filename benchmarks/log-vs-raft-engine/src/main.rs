@@ -19,7 +19,7 @@
 //! Every point runs the two stores alternately `--rounds` times and reports
 //! each one's median (the disk is shared and noisy), with the range.
 //!
-//! cargo run --release --manifest-path benchmarks/log-vs-raft-engine/Cargo.toml -- [--dir DIR] [--secs N] [--large-mib N] [--rounds N] [--keel-path blocking|async] [--only-small|--only-large]
+//! cargo run --release --manifest-path benchmarks/log-vs-raft-engine/Cargo.toml -- [--dir DIR] [--secs N] [--large-mib N] [--rounds N] [--keel-path blocking|async] [--only-small|--only-large] [--writers 1,16,64] [--sizes 256,1024,4096] [--only keel|raft-engine]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -58,6 +58,11 @@ struct Args {
     blocking: bool,
     small: bool,
     large: bool,
+    /// Only these writer counts / record sizes (default: all).
+    writers: Vec<usize>,
+    sizes: Vec<usize>,
+    /// Run only one of the stores (for profiling).
+    only: Option<String>,
 }
 
 fn args() -> Args {
@@ -69,6 +74,9 @@ fn args() -> Args {
         blocking: true,
         small: true,
         large: true,
+        writers: vec![1, 16, 64],
+        sizes: vec![256, 1024, 4096],
+        only: None,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -94,6 +102,25 @@ fn args() -> Args {
             "--only-large" => {
                 a.small = false;
                 step = 1;
+            }
+            "--only" => {
+                assert!(
+                    val == "keel" || val == "raft-engine",
+                    "--only keel|raft-engine"
+                );
+                a.only = Some(val);
+            }
+            "--writers" => {
+                a.writers = val
+                    .split(',')
+                    .map(|w| w.parse().expect("--writers 1,16"))
+                    .collect()
+            }
+            "--sizes" => {
+                a.sizes = val
+                    .split(',')
+                    .map(|w| w.parse().expect("--sizes 256,4096"))
+                    .collect()
             }
             other => panic!("unknown argument {other}"),
         }
@@ -416,18 +443,27 @@ fn small(a: &Args) {
         "r-e range",
         "ratio"
     );
-    for &size in &[256usize, 1024, 4096] {
-        for &w in &[1usize, 16, 64] {
+    for &size in &a.sizes {
+        for &w in &a.writers {
             let (mut ks, mut rs) = (Vec::new(), Vec::new());
             for round in 0..a.rounds {
                 // Alternate which store goes first, so that neither always
                 // runs right after the other's files were written.
-                if round % 2 == 0 {
+                let keel = a.only.as_deref() != Some("raft-engine");
+                let re = a.only.as_deref() != Some("keel");
+                if keel && round % 2 == 0 {
                     ks.push(keel_synced(&a.dir, w, size, a.secs, a.blocking));
+                }
+                if re {
                     rs.push(raft_engine_synced(&a.dir, w, size, a.secs));
-                } else {
-                    rs.push(raft_engine_synced(&a.dir, w, size, a.secs));
+                }
+                if keel && round % 2 == 1 {
                     ks.push(keel_synced(&a.dir, w, size, a.secs, a.blocking));
+                }
+            }
+            for v in [&mut ks, &mut rs] {
+                if v.is_empty() {
+                    v.push(Point::default());
                 }
             }
             let (k, klo, khi) = median_point(ks);
