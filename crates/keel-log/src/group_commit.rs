@@ -16,17 +16,8 @@
 //! The turn is a flag in the queue (`busy`). Whoever ends a round passes it
 //! on: to the first blocked caller in the queue if there is one, else to the
 //! writer thread if anything is queued, else to nobody. So rounds never
-//! overlap.
-//!
-//! A round publishes its result (durable index, cache, queue room) before
-//! the turn moves on, but announces it — completes its operations and calls
-//! the durable callback — only after: waking a few dozen waiters one by one
-//! takes longer than a small write, and the next round should not wait for
-//! it (nor for the next leader to be scheduled among the threads just
-//! woken). Announcements still happen in round order: a round announces
-//! only after the round before it has (`fire`), so completions resolve in
-//! submission order across both paths, and the callback sees a durable
-//! index that never goes back.
+//! overlap, and completions fire in submission order across both paths (a
+//! round completes its operations, in order, before the turn moves on).
 //!
 //! Who is responsible for a queued operation: while the turn is held, its
 //! holder (it takes everything before passing the turn on). When the turn is
@@ -44,7 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::completion::{Completion, Durable, Turn};
 use crate::error::{LogError, Result};
 use crate::store::{LogStore, Shared};
-use crate::writer::{Finished, Op, Writer};
+use crate::writer::{Op, Writer};
 
 /// How long the writer thread spins for new work before it sleeps.
 const SPIN: std::time::Duration = std::time::Duration::from_micros(30);
@@ -63,8 +54,6 @@ pub(crate) struct Queue {
     /// the turn, or when it gathers writes for a round.
     pub idle: bool,
     pub shutdown: bool,
-    /// Rounds taken so far (each round's number, for `fire`).
-    pub rounds: u64,
 }
 
 impl Queue {
@@ -117,9 +106,8 @@ pub(crate) fn pass_turn(sh: &Shared, q: &mut Queue) {
 }
 
 /// Takes a round's worth of operations from the front of the queue (at
-/// least one if any is queued, then up to `max_batch_bytes`), with the
-/// round's number (none is used up when the queue is empty).
-pub(crate) fn take_round(sh: &Shared, q: &mut Queue) -> (u64, Vec<Op>) {
+/// least one if any is queued, then up to `max_batch_bytes`).
+pub(crate) fn take_round(sh: &Shared, q: &mut Queue) -> Vec<Op> {
     let mut ops = Vec::with_capacity(q.ops.len());
     let mut bytes = 0;
     while let Some(op) = q.ops.front() {
@@ -130,81 +118,26 @@ pub(crate) fn take_round(sh: &Shared, q: &mut Queue) -> (u64, Vec<Op>) {
         ops.extend(q.ops.pop_front());
     }
     q.bytes -= bytes;
-    if !ops.is_empty() {
-        q.rounds += 1;
-    }
-    (q.rounds, ops)
-}
-
-/// The right to announce round `round`, held while announcing; dropping it
-/// (also when unwinding) lets the next round announce.
-struct Announcing<'a> {
-    sh: &'a Shared,
-    round: u64,
-}
-
-impl<'a> Announcing<'a> {
-    /// Waits until every earlier round has announced.
-    fn wait_for_turn(sh: &'a Shared, round: u64) -> Self {
-        let mut fired = sh.lock_fired();
-        while fired.last + 1 < round {
-            fired.sleepers += 1;
-            fired = sh.fired_cv.wait(fired).unwrap_or_else(|p| p.into_inner());
-            fired.sleepers -= 1;
-        }
-        Announcing { sh, round }
-    }
-}
-
-impl Drop for Announcing<'_> {
-    fn drop(&mut self) {
-        let mut fired = self.sh.lock_fired();
-        fired.last = fired.last.max(self.round);
-        if fired.sleepers > 0 {
-            self.sh.fired_cv.notify_all();
-        }
-    }
-}
-
-/// Announces a round: completes its operations in order and calls the
-/// durable callback, after every earlier round has announced.
-pub(crate) fn fire(sh: &Shared, fin: Finished) {
-    let _turn = Announcing::wait_for_turn(sh, fin.round);
-    for (done, outcome) in fin.done {
-        done.complete(outcome);
-    }
-    if let Some(d) = fin.durable {
-        sh.notify_durable(d);
-    }
+    ops
 }
 
 /// Held by the thread performing rounds: if it unwinds (a panic in a round,
 /// e.g. in the durable callback), the store is failed (its state is
-/// unknown), the turn passed on if it still holds it, and its round's
-/// announcement slot released, so that waiting callers get an error
+/// unknown) and the turn passed on, so that waiting callers get an error
 /// instead of waiting forever.
 struct UnwindGuard<'a> {
     sh: &'a Shared,
-    holds_turn: bool,
-    /// A round taken but not yet announced.
-    unannounced: Option<u64>,
 }
 
 impl Drop for UnwindGuard<'_> {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        self.sh.set_failed(LogError::io(
-            "group commit",
-            &self.sh.dir,
-            std::io::Error::other("a thread panicked while performing a group commit"),
-        ));
-        if self.holds_turn {
+        if std::thread::panicking() {
+            self.sh.set_failed(LogError::io(
+                "group commit",
+                &self.sh.dir,
+                std::io::Error::other("a thread panicked while performing a group commit"),
+            ));
             pass_turn(self.sh, &mut self.sh.lock_queue());
-        }
-        if let Some(round) = self.unannounced {
-            drop(Announcing::wait_for_turn(self.sh, round));
         }
     }
 }
@@ -218,23 +151,17 @@ pub(crate) fn lock_writer(w: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
 /// The writer thread: performs rounds whenever it is given the turn, until
 /// the store shuts down with nothing left to do.
 pub(crate) fn writer_thread(sh: Arc<Shared>, writer: Arc<Mutex<Writer>>) {
-    while let Some((round, ops)) = writer_take(&sh) {
-        let mut guard = UnwindGuard {
-            sh: &sh,
-            holds_turn: true,
-            unannounced: Some(round),
-        };
-        let fin = lock_writer(&writer).round(ops, round);
+    while let Some(ops) = writer_take(&sh) {
+        let guard = UnwindGuard { sh: &sh };
+        lock_writer(&writer).round(ops);
+        std::mem::forget(guard);
         pass_turn(&sh, &mut sh.lock_queue());
-        guard.holds_turn = false;
-        fire(&sh, fin);
-        guard.unannounced = None;
     }
     lock_writer(&writer).trim_on_close();
 }
 
 /// Waits for the writer thread's turn and takes a round's worth.
-fn writer_take(sh: &Shared) -> Option<(u64, Vec<Op>)> {
+fn writer_take(sh: &Shared) -> Option<Vec<Op>> {
     // An asynchronous submitter that just got its completion usually submits
     // again within microseconds: spin briefly before paying for a sleep and
     // a wake-up. Bounded, so an idle store costs nothing.
@@ -366,38 +293,28 @@ impl LogStore {
     }
 
     /// Performs rounds on the calling thread (which holds the write turn)
-    /// until the operation `seq` is done, passes the turn on, and announces
-    /// the last round.
+    /// until the operation `seq` is done, then passes the turn on.
     fn lead_rounds(&self, seq: u64) {
         let sh = &self.shared;
-        let mut guard = UnwindGuard {
-            sh,
-            holds_turn: true,
-            unannounced: None,
-        };
+        let guard = UnwindGuard { sh };
         let mut w = lock_writer(&self.core);
+        let mut q = sh.lock_queue();
         loop {
-            let (round, ops) = take_round(sh, &mut sh.lock_queue());
+            let ops = take_round(sh, &mut q);
+            drop(q);
+            let last = ops.last().map(|o| o.seq);
+            if !ops.is_empty() {
+                w.round(ops);
+            }
+            q = sh.lock_queue();
             // An empty queue without our operation: ENOSPC failed it along
             // with everything queued.
-            let Some(last) = ops.last().map(|o| o.seq) else {
+            if last.is_none_or(|l| l >= seq) {
                 break;
-            };
-            guard.unannounced = Some(round);
-            let fin = w.round(ops, round);
-            if last >= seq {
-                drop(w);
-                pass_turn(sh, &mut sh.lock_queue());
-                guard.holds_turn = false;
-                fire(sh, fin);
-                guard.unannounced = None;
-                return;
             }
-            fire(sh, fin);
-            guard.unannounced = None;
         }
         drop(w);
-        pass_turn(sh, &mut sh.lock_queue());
-        guard.holds_turn = false;
+        std::mem::forget(guard);
+        pass_turn(sh, &mut q);
     }
 }

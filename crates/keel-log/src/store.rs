@@ -65,15 +65,6 @@ pub(crate) struct Shared {
     epoch: AtomicU64,
     on_durable: Mutex<Option<DurableCallback>>,
     hard_state_lock: Mutex<()>,
-    /// The last round that announced its outcomes (see `group_commit::fire`).
-    fired: Mutex<Fired>,
-    pub fired_cv: Condvar,
-}
-
-#[derive(Default)]
-pub(crate) struct Fired {
-    pub last: u64,
-    pub sleepers: u32,
 }
 
 impl Shared {
@@ -83,10 +74,6 @@ impl Shared {
 
     pub fn lock_queue(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn lock_fired(&self) -> MutexGuard<'_, Fired> {
-        self.fired.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn failure(&self) -> Option<Arc<LogError>> {
@@ -225,8 +212,6 @@ impl LogStore {
             epoch: AtomicU64::new(0),
             on_durable: Mutex::new(None),
             hard_state_lock: Mutex::new(()),
-            fired: Mutex::new(Fired::default()),
-            fired_cv: Condvar::new(),
         });
         let core = Arc::new(Mutex::new(Writer::new(shared.clone(), active)));
         let (sh, w) = (shared.clone(), core.clone());

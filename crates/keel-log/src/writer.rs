@@ -47,23 +47,6 @@ pub(crate) struct Op {
     pub leads: bool,
 }
 
-/// What a round leaves to announce, after the write turn has moved on:
-/// its operations' outcomes, in order, and the durable index for the
-/// callback. See `group_commit::fire`.
-pub(crate) struct Finished {
-    pub round: u64,
-    pub done: Vec<(Completer, Result<Durable, LogError>)>,
-    pub durable: Option<u64>,
-}
-
-impl Finished {
-    fn add(&mut self, op: &mut Op, outcome: Result<Durable, LogError>) {
-        if let Some(done) = op.done.take() {
-            self.done.push((done, outcome));
-        }
-    }
-}
-
 pub(crate) enum OpKind {
     Append {
         truncate: Option<TruncatePlan>,
@@ -288,29 +271,22 @@ impl Writer {
         self.sh.dir.join(index_name(first))
     }
 
-    /// Performs round number `round`: executes `ops`, syncs, publishes the
-    /// result (durable index, cache, queue room), and returns the outcomes
-    /// for `fire` to announce. Called only by the holder of the write turn.
-    pub fn round(&mut self, ops: Vec<Op>, round: u64) -> Finished {
-        let mut fin = Finished {
-            round,
-            done: Vec::with_capacity(ops.len()),
-            durable: None,
-        };
+    /// Performs one round: executes `ops`, syncs, completes them in order.
+    /// Called only by the holder of the write turn.
+    pub fn round(&mut self, ops: Vec<Op>) {
         if let Some(cause) = self.sh.failure() {
-            self.finish_failed(ops, cause, &mut fin);
-            return fin;
+            self.finish_failed(ops, cause);
+            return;
         }
         let outcome = self.execute(&ops);
         match outcome {
-            Ok(()) => self.finish_ok(ops, &mut fin),
-            Err((k, f)) if f.no_space => self.on_no_space(ops, k, f, &mut fin),
+            Ok(()) => self.finish_ok(ops),
+            Err((k, f)) if f.no_space => self.on_no_space(ops, k, f),
             Err((_, f)) => {
                 let cause = self.sh.set_failed(f.error);
-                self.finish_failed(ops, cause, &mut fin);
+                self.finish_failed(ops, cause);
             }
         }
-        fin
     }
 
     /// Performs the round's operations and syncs them. On error returns the
@@ -598,7 +574,7 @@ impl Writer {
         Ok(())
     }
 
-    fn finish_ok(&mut self, ops: Vec<Op>, fin: &mut Finished) {
+    fn finish_ok(&mut self, ops: Vec<Op>) {
         let Some(last) = ops.last() else {
             return;
         };
@@ -629,13 +605,14 @@ impl Writer {
             durable
         };
         for mut op in ops {
-            let result = op.result;
-            fin.add(&mut op, Ok(result));
+            if let Some(done) = op.done.take() {
+                done.complete(Ok(op.result));
+            }
         }
-        fin.durable = Some(durable);
+        self.sh.notify_durable(durable);
     }
 
-    fn finish_failed(&mut self, ops: Vec<Op>, cause: Arc<LogError>, fin: &mut Finished) {
+    fn finish_failed(&mut self, ops: Vec<Op>, cause: Arc<LogError>) {
         let bytes: usize = ops.iter().map(|o| o.bytes).sum();
         {
             let mut st = self.sh.lock_state();
@@ -648,23 +625,22 @@ impl Writer {
         }
         self.published.clear();
         for mut op in ops {
-            fin.add(
-                &mut op,
-                Err(LogError::Failed {
+            if let Some(done) = op.done.take() {
+                done.complete(Err(LogError::Failed {
                     cause: cause.clone(),
-                }),
-            );
+                }));
+            }
         }
     }
 
     /// Undoes operation `k`'s bytes, syncs what came before it, fails it and
     /// everything queued behind it, and rebuilds the index from the files.
-    fn on_no_space(&mut self, mut ops: Vec<Op>, k: usize, f: Failure, fin: &mut Finished) {
+    fn on_no_space(&mut self, mut ops: Vec<Op>, k: usize, f: Failure) {
         let path = f.path();
         warn!(error = %f.error, "device full: failing the write and everything queued behind it");
         if let Err(fatal) = self.undo(k, &ops[k]) {
             let cause = self.sh.set_failed(fatal.error);
-            self.finish_failed(ops, cause, fin);
+            self.finish_failed(ops, cause);
             return;
         }
         let mut later = Vec::new();
@@ -721,19 +697,22 @@ impl Writer {
             Ok(durable) => {
                 let rest = ops.split_off(k);
                 for mut op in ops {
-                    let result = op.result;
-                    fin.add(&mut op, Ok(result));
+                    if let Some(done) = op.done.take() {
+                        done.complete(Ok(op.result));
+                    }
                 }
                 for mut op in rest.into_iter().chain(later) {
-                    fin.add(&mut op, Err(LogError::NoSpace { path: path.clone() }));
+                    if let Some(done) = op.done.take() {
+                        done.complete(Err(LogError::NoSpace { path: path.clone() }));
+                    }
                 }
-                fin.durable = Some(durable);
+                self.sh.notify_durable(durable);
             }
             Err(e) => {
                 error!(error = %e, "could not rebuild the index after ENOSPC");
                 let cause = self.sh.set_failed(e);
                 ops.extend(later);
-                self.finish_failed(ops, cause, fin);
+                self.finish_failed(ops, cause);
             }
         }
     }
