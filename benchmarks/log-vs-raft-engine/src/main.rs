@@ -16,8 +16,9 @@
 //!   fdatasync after each, and with one fdatasync at the end.
 //! - sequential read of everything the single-writer large test wrote.
 //!
-//! Every point runs the two stores alternately `--rounds` times and reports
-//! each one's median (the disk is shared and noisy), with the range.
+//! Every point runs the two stores alternately `--rounds` times, its runs
+//! spread over the whole benchmark, and reports each one's median (the
+//! disk is shared and noisy), with the range.
 //!
 //! cargo run --release --manifest-path benchmarks/log-vs-raft-engine/Cargo.toml -- [--dir DIR] [--secs N] [--large-mib N] [--rounds N] [--keel-path blocking|async] [--only-small|--only-large] [--writers 1,16,64] [--sizes 256,1024,4096] [--only keel|raft-engine]
 
@@ -443,48 +444,57 @@ fn small(a: &Args) {
         "r-e range",
         "ratio"
     );
-    for &size in &a.sizes {
-        for &w in &a.writers {
-            let (mut ks, mut rs) = (Vec::new(), Vec::new());
-            for round in 0..a.rounds {
-                // Alternate which store goes first, so that neither always
-                // runs right after the other's files were written.
-                let keel = a.only.as_deref() != Some("raft-engine");
-                let re = a.only.as_deref() != Some("keel");
-                if keel && round % 2 == 0 {
-                    ks.push(keel_synced(&a.dir, w, size, a.secs, a.blocking));
-                }
-                if re {
-                    rs.push(raft_engine_synced(&a.dir, w, size, a.secs));
-                }
-                if keel && round % 2 == 1 {
-                    ks.push(keel_synced(&a.dir, w, size, a.secs, a.blocking));
-                }
+    // Rounds outer, points inner: each point's runs are spread over the
+    // whole benchmark, so that a burst of interference (minutes, on this
+    // shared disk) does not take out all of one point's runs.
+    let points: Vec<(usize, usize)> = a
+        .sizes
+        .iter()
+        .flat_map(|&size| a.writers.iter().map(move |&w| (size, w)))
+        .collect();
+    let keel = a.only.as_deref() != Some("raft-engine");
+    let re = a.only.as_deref() != Some("keel");
+    let mut ks: Vec<Vec<Point>> = vec![Vec::new(); points.len()];
+    let mut rs: Vec<Vec<Point>> = vec![Vec::new(); points.len()];
+    for round in 0..a.rounds {
+        for (p, &(size, w)) in points.iter().enumerate() {
+            // Alternate which store goes first, so that neither always
+            // runs right after the other's files were written.
+            if keel && round % 2 == 0 {
+                ks[p].push(keel_synced(&a.dir, w, size, a.secs, a.blocking));
             }
-            for v in [&mut ks, &mut rs] {
-                if v.is_empty() {
-                    v.push(Point::default());
-                }
+            if re {
+                rs[p].push(raft_engine_synced(&a.dir, w, size, a.secs));
             }
-            let (k, klo, khi) = median_point(ks);
-            let (r, rlo, rhi) = median_point(rs);
-            println!(
-                "{:>7} {:>6} | {:>10.0} {:>7.1} {:>6} {:>6} {:>15} | {:>10.0} {:>7.1} {:>6} {:>6} {:>15} | {:>6.2}",
-                w,
-                size,
-                k.ops_per_s,
-                k.mb_per_s,
-                k.p50_us,
-                k.p99_us,
-                format!("{klo:.0}-{khi:.0}"),
-                r.ops_per_s,
-                r.mb_per_s,
-                r.p50_us,
-                r.p99_us,
-                format!("{rlo:.0}-{rhi:.0}"),
-                k.ops_per_s / r.ops_per_s
-            );
+            if keel && round % 2 == 1 {
+                ks[p].push(keel_synced(&a.dir, w, size, a.secs, a.blocking));
+            }
         }
+    }
+    for (p, &(size, w)) in points.iter().enumerate() {
+        for v in [&mut ks[p], &mut rs[p]] {
+            if v.is_empty() {
+                v.push(Point::default());
+            }
+        }
+        let (k, klo, khi) = median_point(std::mem::take(&mut ks[p]));
+        let (r, rlo, rhi) = median_point(std::mem::take(&mut rs[p]));
+        println!(
+            "{:>7} {:>6} | {:>10.0} {:>7.1} {:>6} {:>6} {:>15} | {:>10.0} {:>7.1} {:>6} {:>6} {:>15} | {:>6.2}",
+            w,
+            size,
+            k.ops_per_s,
+            k.mb_per_s,
+            k.p50_us,
+            k.p99_us,
+            format!("{klo:.0}-{khi:.0}"),
+            r.ops_per_s,
+            r.mb_per_s,
+            r.p50_us,
+            r.p99_us,
+            format!("{rlo:.0}-{rhi:.0}"),
+            k.ops_per_s / r.ops_per_s
+        );
     }
 }
 
