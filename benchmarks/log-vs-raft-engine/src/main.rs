@@ -18,7 +18,10 @@
 //!
 //! Every point runs the two stores alternately `--rounds` times, its runs
 //! spread over the whole benchmark, and reports each one's median (the
-//! disk is shared and noisy), with the range.
+//! disk is shared and noisy), with the range, the ratio of the medians, and
+//! the median of the per-round ratios ("paired": the two runs of a round
+//! are back to back, so their ratio cancels most of the interference of
+//! that minute). Large writes compare with the raw disk the same two ways.
 //!
 //! cargo run --release --manifest-path benchmarks/log-vs-raft-engine/Cargo.toml -- [--dir DIR] [--secs N] [--large-mib N] [--rounds N] [--keel-path blocking|async] [--only-small|--only-large] [--writers 1,16,64] [--sizes 256,1024,4096] [--only keel|raft-engine]
 
@@ -429,7 +432,7 @@ fn main() {
 
 fn small(a: &Args) {
     println!(
-        "{:>7} {:>6} | {:>10} {:>7} {:>6} {:>6} {:>15} | {:>10} {:>7} {:>6} {:>6} {:>15} | {:>6}",
+        "{:>7} {:>6} | {:>10} {:>7} {:>6} {:>6} {:>15} | {:>10} {:>7} {:>6} {:>6} {:>15} | {:>6} {:>6}",
         "writers",
         "record",
         "keel/s",
@@ -442,7 +445,8 @@ fn small(a: &Args) {
         "p50us",
         "p99us",
         "r-e range",
-        "ratio"
+        "ratio",
+        "paired"
     );
     // Rounds outer, points inner: each point's runs are spread over the
     // whole benchmark, so that a burst of interference (minutes, on this
@@ -477,10 +481,19 @@ fn small(a: &Args) {
                 v.push(Point::default());
             }
         }
+        // The two runs of a round are back to back: their ratio cancels
+        // most of whatever slowed that minute down.
+        let paired = median(
+            ks[p]
+                .iter()
+                .zip(&rs[p])
+                .map(|(k, r)| k.ops_per_s / r.ops_per_s)
+                .collect(),
+        );
         let (k, klo, khi) = median_point(std::mem::take(&mut ks[p]));
         let (r, rlo, rhi) = median_point(std::mem::take(&mut rs[p]));
         println!(
-            "{:>7} {:>6} | {:>10.0} {:>7.1} {:>6} {:>6} {:>15} | {:>10.0} {:>7.1} {:>6} {:>6} {:>15} | {:>6.2}",
+            "{:>7} {:>6} | {:>10.0} {:>7.1} {:>6} {:>6} {:>15} | {:>10.0} {:>7.1} {:>6} {:>6} {:>15} | {:>6.2} {:>6.2}",
             w,
             size,
             k.ops_per_s,
@@ -493,7 +506,8 @@ fn small(a: &Args) {
             r.p50_us,
             r.p99_us,
             format!("{rlo:.0}-{rhi:.0}"),
-            k.ops_per_s / r.ops_per_s
+            k.ops_per_s / r.ops_per_s,
+            paired
         );
     }
 }
@@ -533,13 +547,18 @@ fn large(a: &Args) {
     for (slot, w) in [1usize, 4].into_iter().enumerate() {
         let km = median(k[slot].clone());
         let rm = median(r[slot].clone());
+        let paired =
+            |other: &[f64]| median(k[slot].iter().zip(other).map(|(a, b)| a / b).collect());
         println!(
-            "large writes, {w} writer(s) of 1 MiB appends: keel-log {km:.0} MiB/s (range {}; {:.0}% of raw each-synced, {:.0}% of raw end-synced), raft-engine {rm:.0} MiB/s (range {}), ratio {:.2}",
+            "large writes, {w} writer(s) of 1 MiB appends: keel-log {km:.0} MiB/s (range {}; {:.0}% of raw each-synced, {:.0}% of raw end-synced; paired {:.0}% / {:.0}%), raft-engine {rm:.0} MiB/s (range {}), ratio {:.2}, paired {:.2}",
             fmt_range(&k[slot]),
             100.0 * km / each,
             100.0 * km / end,
+            100.0 * paired(&raw_each),
+            100.0 * paired(&raw_end),
             fmt_range(&r[slot]),
-            km / rm
+            km / rm,
+            paired(&r[slot])
         );
     }
     if let Some((kdir, _rdir, engine)) = read_dirs {
