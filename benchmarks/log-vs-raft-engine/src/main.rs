@@ -23,7 +23,12 @@
 //! are back to back, so their ratio cancels most of the interference of
 //! that minute). Large writes compare with the raw disk the same two ways.
 //!
-//! cargo run --release --manifest-path benchmarks/log-vs-raft-engine/Cargo.toml -- [--dir DIR] [--secs N] [--large-mib N] [--rounds N] [--keel-path blocking|async] [--only-small|--only-large] [--writers 1,16,64] [--sizes 256,1024,4096] [--only keel|raft-engine]
+//! `--samples FILE` appends every round's figures to FILE; `--report FILE`
+//! prints the same tables over every round of every run recorded there
+//! (on a disk shared with bursts of other work, many runs pooled say more
+//! than any one).
+//!
+//! cargo run --release --manifest-path benchmarks/log-vs-raft-engine/Cargo.toml -- [--dir DIR] [--secs N] [--large-mib N] [--rounds N] [--keel-path blocking|async] [--only-small|--only-large] [--writers 1,16,64] [--sizes 256,1024,4096] [--only keel|raft-engine] [--samples FILE] [--report FILE]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -67,6 +72,11 @@ struct Args {
     sizes: Vec<usize>,
     /// Run only one of the stores (for profiling).
     only: Option<String>,
+    /// Append every round's figures to this file.
+    samples: Option<PathBuf>,
+    /// Print the tables over every round recorded in this file, run
+    /// nothing.
+    report: Option<PathBuf>,
 }
 
 fn args() -> Args {
@@ -81,6 +91,8 @@ fn args() -> Args {
         writers: vec![1, 16, 64],
         sizes: vec![256, 1024, 4096],
         only: None,
+        samples: None,
+        report: None,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -114,6 +126,8 @@ fn args() -> Args {
                 );
                 a.only = Some(val);
             }
+            "--samples" => a.samples = Some(PathBuf::from(val)),
+            "--report" => a.report = Some(PathBuf::from(val)),
             "--writers" => {
                 a.writers = val
                     .split(',')
@@ -414,6 +428,10 @@ fn raft_engine_read(engine: &Engine) -> f64 {
 
 fn main() {
     let a = args();
+    if let Some(path) = &a.report {
+        report(path);
+        return;
+    }
     std::fs::create_dir_all(&a.dir).unwrap();
     println!(
         "keel-log ({} path) vs raft-engine 0.4.2, data under {}, {} s per run, median of {} alternating runs per point, every append synced",
@@ -430,7 +448,70 @@ fn main() {
     }
 }
 
+/// Appends a line to the `--samples` file, if one was given.
+fn sample(a: &Args, line: String) {
+    if let Some(path) = &a.samples {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("open the samples file");
+        writeln!(f, "{line}").expect("write the samples file");
+    }
+}
+
 fn small(a: &Args) {
+    // Rounds outer, points inner: each point's runs are spread over the
+    // whole benchmark, so that a burst of interference (minutes, on this
+    // shared disk) does not take out all of one point's runs.
+    let points: Vec<(usize, usize)> = a
+        .sizes
+        .iter()
+        .flat_map(|&size| a.writers.iter().map(move |&w| (size, w)))
+        .collect();
+    let keel = a.only.as_deref() != Some("raft-engine");
+    let re = a.only.as_deref() != Some("keel");
+    let mut ks: Vec<Vec<Point>> = vec![Vec::new(); points.len()];
+    let mut rs: Vec<Vec<Point>> = vec![Vec::new(); points.len()];
+    for round in 0..a.rounds {
+        for (p, &(size, w)) in points.iter().enumerate() {
+            // Alternate which store goes first, so that neither always
+            // runs right after the other's files were written.
+            let (mut kp, mut rp) = (Point::default(), Point::default());
+            if keel && round % 2 == 0 {
+                kp = keel_synced(&a.dir, w, size, a.secs, a.blocking);
+            }
+            if re {
+                rp = raft_engine_synced(&a.dir, w, size, a.secs);
+            }
+            if keel && round % 2 == 1 {
+                kp = keel_synced(&a.dir, w, size, a.secs, a.blocking);
+            }
+            sample(
+                a,
+                format!(
+                    "small,{w},{size},{},{},{},{},{},{},{},{}",
+                    kp.ops_per_s,
+                    kp.mb_per_s,
+                    kp.p50_us,
+                    kp.p99_us,
+                    rp.ops_per_s,
+                    rp.mb_per_s,
+                    rp.p50_us,
+                    rp.p99_us
+                ),
+            );
+            ks[p].push(kp);
+            rs[p].push(rp);
+        }
+    }
+    print_small(&points, ks, rs);
+}
+
+/// Prints the synced-appends table: per point, each store's median run,
+/// the range, the ratio of the medians and the median of the per-round
+/// ratios.
+fn print_small(points: &[(usize, usize)], mut ks: Vec<Vec<Point>>, mut rs: Vec<Vec<Point>>) {
     println!(
         "{:>7} {:>6} | {:>10} {:>7} {:>6} {:>6} {:>15} | {:>10} {:>7} {:>6} {:>6} {:>15} | {:>6} {:>6}",
         "writers",
@@ -448,38 +529,9 @@ fn small(a: &Args) {
         "ratio",
         "paired"
     );
-    // Rounds outer, points inner: each point's runs are spread over the
-    // whole benchmark, so that a burst of interference (minutes, on this
-    // shared disk) does not take out all of one point's runs.
-    let points: Vec<(usize, usize)> = a
-        .sizes
-        .iter()
-        .flat_map(|&size| a.writers.iter().map(move |&w| (size, w)))
-        .collect();
-    let keel = a.only.as_deref() != Some("raft-engine");
-    let re = a.only.as_deref() != Some("keel");
-    let mut ks: Vec<Vec<Point>> = vec![Vec::new(); points.len()];
-    let mut rs: Vec<Vec<Point>> = vec![Vec::new(); points.len()];
-    for round in 0..a.rounds {
-        for (p, &(size, w)) in points.iter().enumerate() {
-            // Alternate which store goes first, so that neither always
-            // runs right after the other's files were written.
-            if keel && round % 2 == 0 {
-                ks[p].push(keel_synced(&a.dir, w, size, a.secs, a.blocking));
-            }
-            if re {
-                rs[p].push(raft_engine_synced(&a.dir, w, size, a.secs));
-            }
-            if keel && round % 2 == 1 {
-                ks[p].push(keel_synced(&a.dir, w, size, a.secs, a.blocking));
-            }
-        }
-    }
     for (p, &(size, w)) in points.iter().enumerate() {
-        for v in [&mut ks[p], &mut rs[p]] {
-            if v.is_empty() {
-                v.push(Point::default());
-            }
+        if ks[p].is_empty() {
+            continue;
         }
         // The two runs of a round are back to back: their ratio cancels
         // most of whatever slowed that minute down.
@@ -512,55 +564,40 @@ fn small(a: &Args) {
     }
 }
 
+/// Large-write samples of all rounds: raw disk and both stores.
+#[derive(Default)]
+struct Large {
+    raw_each: Vec<f64>,
+    raw_end: Vec<f64>,
+    /// Index 0: one writer, 1: four writers.
+    keel: [Vec<f64>; 2],
+    re: [Vec<f64>; 2],
+}
+
 fn large(a: &Args) {
     // Each round measures the raw disk and both stores, alternating, so
     // that the percentages compare figures from the same minutes.
-    let (mut raw_each, mut raw_end) = (Vec::new(), Vec::new());
-    let mut k = [Vec::new(), Vec::new()];
-    let mut r = [Vec::new(), Vec::new()];
+    let mut l = Large::default();
     let mut read_dirs = None;
     for round in 0..a.rounds {
-        raw_each.push(raw_disk(&a.dir, a.large_mib, true));
-        raw_end.push(raw_disk(&a.dir, a.large_mib, false));
+        let each = raw_disk(&a.dir, a.large_mib, true);
+        let end = raw_disk(&a.dir, a.large_mib, false);
+        l.raw_each.push(each);
+        l.raw_end.push(end);
+        let mut line = format!("large,{each},{end}");
         for (slot, &w) in [1usize, 4].iter().enumerate() {
             let (kl, kdir) = keel_large(&a.dir, a.large_mib, w, a.blocking);
             let (rl, rdir, engine) = raft_engine_large(&a.dir, a.large_mib, w);
-            k[slot].push(kl);
-            r[slot].push(rl);
+            l.keel[slot].push(kl);
+            l.re[slot].push(rl);
+            line.push_str(&format!(",{kl},{rl}"));
             if w == 1 && round + 1 == a.rounds {
                 read_dirs = Some((kdir, rdir, engine));
             }
         }
+        sample(a, line);
     }
-    let fmt_range = |v: &[f64]| {
-        let lo = v.iter().copied().fold(f64::MAX, f64::min);
-        let hi = v.iter().copied().fold(0.0, f64::max);
-        format!("{lo:.0}-{hi:.0}")
-    };
-    let each = median(raw_each.clone());
-    let end = median(raw_end.clone());
-    println!(
-        "raw disk: {each:.0} MiB/s (1 MiB writes, fdatasync after each; range {}), {end:.0} MiB/s (one fdatasync at the end; range {})",
-        fmt_range(&raw_each),
-        fmt_range(&raw_end)
-    );
-    for (slot, w) in [1usize, 4].into_iter().enumerate() {
-        let km = median(k[slot].clone());
-        let rm = median(r[slot].clone());
-        let paired =
-            |other: &[f64]| median(k[slot].iter().zip(other).map(|(a, b)| a / b).collect());
-        println!(
-            "large writes, {w} writer(s) of 1 MiB appends: keel-log {km:.0} MiB/s (range {}; {:.0}% of raw each-synced, {:.0}% of raw end-synced; paired {:.0}% / {:.0}%), raft-engine {rm:.0} MiB/s (range {}), ratio {:.2}, paired {:.2}",
-            fmt_range(&k[slot]),
-            100.0 * km / each,
-            100.0 * km / end,
-            100.0 * paired(&raw_each),
-            100.0 * paired(&raw_end),
-            fmt_range(&r[slot]),
-            km / rm,
-            paired(&r[slot])
-        );
-    }
+    print_large(&l);
     if let Some((kdir, _rdir, engine)) = read_dirs {
         let k = keel_read(kdir.path());
         let r = raft_engine_read(&engine);
@@ -570,4 +607,97 @@ fn large(a: &Args) {
             k / r
         );
     }
+}
+
+fn print_large(l: &Large) {
+    let fmt_range = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::MAX, f64::min);
+        let hi = v.iter().copied().fold(0.0, f64::max);
+        format!("{lo:.0}-{hi:.0}")
+    };
+    if l.raw_each.is_empty() {
+        return;
+    }
+    let each = median(l.raw_each.clone());
+    let end = median(l.raw_end.clone());
+    println!(
+        "raw disk: {each:.0} MiB/s (1 MiB writes, fdatasync after each; range {}), {end:.0} MiB/s (one fdatasync at the end; range {})",
+        fmt_range(&l.raw_each),
+        fmt_range(&l.raw_end)
+    );
+    for (slot, w) in [1usize, 4].into_iter().enumerate() {
+        let k = &l.keel[slot];
+        let km = median(k.clone());
+        let rm = median(l.re[slot].clone());
+        let paired = |other: &[f64]| median(k.iter().zip(other).map(|(a, b)| a / b).collect());
+        println!(
+            "large writes, {w} writer(s) of 1 MiB appends: keel-log {km:.0} MiB/s (range {}; {:.0}% of raw each-synced, {:.0}% of raw end-synced; paired {:.0}% / {:.0}%), raft-engine {rm:.0} MiB/s (range {}), ratio {:.2}, paired {:.2}",
+            fmt_range(k),
+            100.0 * km / each,
+            100.0 * km / end,
+            100.0 * paired(&l.raw_each),
+            100.0 * paired(&l.raw_end),
+            fmt_range(&l.re[slot]),
+            km / rm,
+            paired(&l.re[slot])
+        );
+    }
+}
+
+/// `--report FILE`: the tables over every round recorded with `--samples`
+/// (any number of runs appended to one file).
+fn report(path: &Path) {
+    let text = std::fs::read_to_string(path).expect("read the samples file");
+    let mut points: Vec<(usize, usize)> = Vec::new();
+    let (mut ks, mut rs): (Vec<Vec<Point>>, Vec<Vec<Point>>) = (Vec::new(), Vec::new());
+    let mut l = Large::default();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(',').collect();
+        let num = |i: usize| -> f64 { f[i].parse().expect("a number in the samples file") };
+        match f[0] {
+            "small" => {
+                let key = (num(2) as usize, num(1) as usize);
+                let p = match points.iter().position(|&k| k == key) {
+                    Some(p) => p,
+                    None => {
+                        points.push(key);
+                        ks.push(Vec::new());
+                        rs.push(Vec::new());
+                        points.len() - 1
+                    }
+                };
+                let point = |i: usize| Point {
+                    ops_per_s: num(i),
+                    mb_per_s: num(i + 1),
+                    p50_us: num(i + 2) as u32,
+                    p99_us: num(i + 3) as u32,
+                };
+                ks[p].push(point(3));
+                rs[p].push(point(7));
+            }
+            "large" => {
+                l.raw_each.push(num(1));
+                l.raw_end.push(num(2));
+                for slot in 0..2 {
+                    l.keel[slot].push(num(3 + 2 * slot));
+                    l.re[slot].push(num(4 + 2 * slot));
+                }
+            }
+            _ => {}
+        }
+    }
+    // Sizes, then writers, as the runs print them.
+    let mut order: Vec<usize> = (0..points.len()).collect();
+    order.sort_by_key(|&p| points[p]);
+    let points2: Vec<_> = order.iter().map(|&p| points[p]).collect();
+    let ks2: Vec<_> = order.iter().map(|&p| std::mem::take(&mut ks[p])).collect();
+    let rs2: Vec<_> = order.iter().map(|&p| std::mem::take(&mut rs[p])).collect();
+    let rounds = ks2.first().map_or(0, Vec::len);
+    println!(
+        "keel-log vs raft-engine 0.4.2 over every recorded round in {} ({rounds} rounds per point, {} of large writes)",
+        path.display(),
+        l.raw_each.len()
+    );
+    print_small(&points2, ks2, rs2);
+    print_large(&l);
 }
