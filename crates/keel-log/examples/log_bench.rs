@@ -3,7 +3,11 @@
 //! waits for its completion before the next), large batched writes against
 //! the disk's raw sequential bandwidth, and sequential reads.
 //!
-//! cargo run --release -p keel-log --example log_bench -- [--dir DIR] [--secs N]
+//! Writers wait on the blocking path (`begin_append` under the lock that
+//! hands out indexes, `AppendTicket::wait` outside it); `--async` makes them
+//! use `append` and wait on the completion instead.
+//!
+//! cargo run --release -p keel-log --example log_bench -- [--dir DIR] [--secs N] [--large-mib N] [--async]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,6 +22,7 @@ struct Args {
     dir: Option<PathBuf>,
     secs: f64,
     large_mib: usize,
+    blocking: bool,
 }
 
 fn args() -> Args {
@@ -25,10 +30,16 @@ fn args() -> Args {
         dir: None,
         secs: 2.0,
         large_mib: 256,
+        blocking: true,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < v.len() {
+        if v[i] == "--async" {
+            a.blocking = false;
+            i += 1;
+            continue;
+        }
         match v[i].as_str() {
             "--dir" => a.dir = v.get(i + 1).map(PathBuf::from),
             "--secs" => a.secs = v.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(a.secs),
@@ -69,7 +80,7 @@ struct Point {
     p99_us: u32,
 }
 
-fn synced_appends(base: &Path, writers: usize, size: usize, secs: f64) -> Point {
+fn synced_appends(base: &Path, writers: usize, size: usize, secs: f64, blocking: bool) -> Point {
     let dir = TempDir::new_in(Some(base), "keel-bench").unwrap();
     let (store, _) = LogStore::open(dir.path(), LogOptions::default()).unwrap();
     let store = Arc::new(store);
@@ -88,21 +99,26 @@ fn synced_appends(base: &Path, writers: usize, size: usize, secs: f64) -> Point 
                 let mut bytes = 0u64;
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    let c = {
-                        let mut n = next.lock().unwrap();
-                        let b = BatchBuilder::single(&payload).seal(
-                            EntryKind::Data,
-                            1,
-                            n.index,
-                            n.offset,
-                            0,
-                        );
-                        n.index += 1;
-                        n.offset += 1;
-                        bytes += b.len() as u64;
-                        store.append(vec![b])
-                    };
-                    c.wait().unwrap();
+                    let mut n = next.lock().unwrap();
+                    let b = BatchBuilder::single(&payload).seal(
+                        EntryKind::Data,
+                        1,
+                        n.index,
+                        n.offset,
+                        0,
+                    );
+                    n.index += 1;
+                    n.offset += 1;
+                    bytes += b.len() as u64;
+                    if blocking {
+                        let ticket = store.begin_append(vec![b]).unwrap();
+                        drop(n);
+                        ticket.wait().unwrap();
+                    } else {
+                        let c = store.append(vec![b]);
+                        drop(n);
+                        c.wait().unwrap();
+                    }
                     lat.push(t.elapsed().as_micros() as u32);
                 }
                 (lat, bytes)
@@ -147,7 +163,7 @@ fn raw_disk(base: &Path, mib: usize, sync_each: bool) -> f64 {
 
 /// Large batched writes: appends of 64 entries x 16 KiB (1 MiB), each
 /// waited for. Returns (MiB/s, store) for the read test.
-fn large_writes(base: &Path, mib: usize) -> (f64, TempDir) {
+fn large_writes(base: &Path, mib: usize, blocking: bool) -> (f64, TempDir) {
     let dir = TempDir::new_in(Some(base), "keel-bench-large").unwrap();
     let (store, _) = LogStore::open(dir.path(), LogOptions::default()).unwrap();
     let payload = vec![0xa5u8; 16 << 10];
@@ -175,7 +191,11 @@ fn large_writes(base: &Path, mib: usize) -> (f64, TempDir) {
         .collect();
     let t = Instant::now();
     for batch in appends {
-        store.append(batch).wait().unwrap();
+        if blocking {
+            store.append_and_wait(batch).unwrap();
+        } else {
+            store.append(batch).wait().unwrap();
+        }
     }
     let mibs = bytes as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64();
     drop(store);
@@ -203,7 +223,11 @@ fn main() {
     let a = args();
     let base = a.dir.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&base).unwrap();
-    println!("keel-log benchmark, data under {}", base.display());
+    println!(
+        "keel-log benchmark ({} path), data under {}",
+        if a.blocking { "blocking" } else { "async" },
+        base.display()
+    );
     println!("synced appends: each writer appends one entry of one record and waits for it");
     println!(
         "{:>7} {:>7} {:>12} {:>9} {:>9} {:>9}",
@@ -211,7 +235,7 @@ fn main() {
     );
     for &size in &[256usize, 1024, 4096] {
         for &w in &[1usize, 16, 64] {
-            let p = synced_appends(&base, w, size, a.secs);
+            let p = synced_appends(&base, w, size, a.secs, a.blocking);
             println!(
                 "{:>7} {:>7} {:>12.0} {:>9.1} {:>9} {:>9}",
                 w,
@@ -225,7 +249,7 @@ fn main() {
     }
     let raw_each = raw_disk(&base, a.large_mib, true);
     let raw_end = raw_disk(&base, a.large_mib, false);
-    let (large, dir) = large_writes(&base, a.large_mib);
+    let (large, dir) = large_writes(&base, a.large_mib, a.blocking);
     println!(
         "large writes: keel-log {large:.0} MiB/s (1 MiB appends, each synced); raw disk {raw_each:.0} MiB/s (1 MiB writes, each fdatasynced), {raw_end:.0} MiB/s (one fdatasync at the end); keel/raw {:.0}% and {:.0}%",
         100.0 * large / raw_each,

@@ -1,5 +1,12 @@
-//! A runtime-agnostic oneshot: the writer thread resolves it when a write is
-//! durable; the submitter blocks on it (`wait`) or awaits it (`Future`).
+//! A runtime-agnostic oneshot: whoever performs the group commit (the writer
+//! thread, or a caller of `append_and_wait` leading a write group) resolves
+//! it when a write is durable; the submitter blocks on it (`wait`) or awaits
+//! it (`Future`).
+//!
+//! The same slot carries the leadership handover of the blocking path: the
+//! thread that ends a group commit may hand the next one to a blocked
+//! caller (`Completer::hand_lead`), which wakes up in
+//! `Completion::wait_or_lead` to perform it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +31,11 @@ struct Slot {
     result: Option<Outcome>,
     waker: Option<Waker>,
     done: bool,
+    /// The waiter must perform the next group commit (blocking path only).
+    lead: bool,
+    /// Threads asleep on the condvar: a completion notifies only if one is
+    /// (std's condvar makes a futex syscall on every notify).
+    sleepers: u32,
 }
 
 #[derive(Debug, Default)]
@@ -36,6 +48,21 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, Slot> {
         self.slot.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn sleep<'a>(&self, mut slot: MutexGuard<'a, Slot>) -> MutexGuard<'a, Slot> {
+        slot.sleepers += 1;
+        let mut slot = self.cv.wait(slot).unwrap_or_else(|p| p.into_inner());
+        slot.sleepers -= 1;
+        slot
+    }
+}
+
+/// What a blocked caller of the blocking path is woken for.
+pub(crate) enum Turn {
+    /// Its write is done (or failed).
+    Done(Outcome),
+    /// It leads the next group commit.
+    Lead,
 }
 
 /// Resolves when the write it was returned for is durable (or failed).
@@ -80,7 +107,26 @@ impl Completion {
             if slot.done {
                 return Err(LogError::Closed);
             }
-            slot = self.shared.cv.wait(slot).unwrap_or_else(|p| p.into_inner());
+            slot = self.shared.sleep(slot);
+        }
+    }
+
+    /// Blocks until the write is done or this waiter is handed the lead of
+    /// the next group commit (the flag is consumed).
+    pub(crate) fn wait_or_lead(&self) -> Turn {
+        let mut slot = self.shared.lock();
+        loop {
+            if let Some(r) = slot.result.take() {
+                return Turn::Done(r);
+            }
+            if slot.done {
+                return Turn::Done(Err(LogError::Closed));
+            }
+            if slot.lead {
+                slot.lead = false;
+                return Turn::Lead;
+            }
+            slot = self.shared.sleep(slot);
         }
     }
 
@@ -97,12 +143,14 @@ impl Completion {
                 drop(slot);
                 return Err(self);
             }
+            slot.sleepers += 1;
             slot = self
                 .shared
                 .cv
                 .wait_timeout(slot, deadline - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            slot.sleepers -= 1;
         }
     }
 
@@ -134,15 +182,31 @@ impl Future for Completion {
 impl Completer {
     pub fn complete(mut self, outcome: Outcome) {
         if let Some(shared) = self.shared.take() {
-            let waker = {
+            let (waker, sleeping) = {
                 let mut slot = shared.lock();
                 slot.result = Some(outcome);
                 slot.done = true;
-                slot.waker.take()
+                (slot.waker.take(), slot.sleepers > 0)
             };
-            shared.cv.notify_all();
+            if sleeping {
+                shared.cv.notify_all();
+            }
             if let Some(w) = waker {
                 w.wake();
+            }
+        }
+    }
+
+    /// Asks the (blocked) waiter to perform the next group commit.
+    pub fn hand_lead(&self) {
+        if let Some(shared) = &self.shared {
+            let sleeping = {
+                let mut slot = shared.lock();
+                slot.lead = true;
+                slot.sleepers > 0
+            };
+            if sleeping {
+                shared.cv.notify_all();
             }
         }
     }

@@ -39,7 +39,7 @@ pub enum LogError {
     NoSpace { path: PathBuf },
 
     /// A file's content is invalid at a known position.
-    #[error("{} is corrupt at byte {offset}: {reason}; run `keel check` on the data directory", file.display())]
+    #[error("{} is corrupt at byte {offset}: {reason}; run `keel check` on the data directory (`keel repair` cuts the log there, discarding what follows)", file.display())]
     Corrupt {
         file: PathBuf,
         offset: u64,
@@ -49,7 +49,7 @@ pub enum LogError {
     /// A segment that must exist is not there: a gap between segments, a
     /// first segment that starts after the log's recorded start, or a
     /// sealed last segment whose successor disappeared.
-    #[error("segment {} is missing ({detail}); restore it from a replica or backup, or run `keel check` on the data directory", expected.display())]
+    #[error("segment {} is missing ({detail}); restore it from a replica or backup, or run `keel check` on the data directory (`keel repair` cuts the log before the gap, discarding what follows)", expected.display())]
     MissingSegment { expected: PathBuf, detail: String },
 
     /// Another store (in this process or another) holds the directory.
@@ -74,6 +74,12 @@ pub enum LogError {
     /// The user offset was removed by a purge or reset.
     #[error("offset {offset} is compacted: the log's first offset is {first_offset}")]
     OffsetCompacted { offset: u64, first_offset: u64 },
+
+    /// `repair` cannot make the directory usable by cutting the log: the
+    /// hard state or the log start is corrupt (repair never guesses them),
+    /// or problems remain after the cut.
+    #[error("{} cannot be repaired: {reason}; restore this node's data from a replica instead", path.display())]
+    Unrepairable { path: PathBuf, reason: String },
 
     #[error("invalid log options: {0}")]
     InvalidOptions(String),

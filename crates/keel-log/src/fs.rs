@@ -8,6 +8,7 @@ use std::io::{self, IoSlice, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How to open a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +62,15 @@ impl RealFs {
 }
 
 #[derive(Debug)]
-struct RealFile(File);
+struct RealFile {
+    file: File,
+    /// Where the file cursor is, if known (`UNKNOWN` otherwise): vectored
+    /// writes go through the cursor (std has no stable `pwritev`), and
+    /// knowing it saves an `lseek` per write when writes follow each other.
+    cursor: AtomicU64,
+}
+
+const UNKNOWN: u64 = u64::MAX;
 
 impl Fs for RealFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
@@ -75,7 +84,10 @@ impl Fs for RealFs {
             OpenMode::ReadWrite => o.read(true).write(true),
             OpenMode::Create => o.read(true).write(true).create(true).truncate(true),
         };
-        Ok(Arc::new(RealFile(o.open(path)?)))
+        Ok(Arc::new(RealFile {
+            file: o.open(path)?,
+            cursor: AtomicU64::new(0),
+        }))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -121,33 +133,38 @@ impl Fs for RealFs {
 
 impl FsFile for RealFile {
     fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
-        self.0.read_at(buf, pos)
+        self.file.read_at(buf, pos)
     }
 
     fn write_at(&self, bufs: &[IoSlice<'_>], pos: u64) -> io::Result<usize> {
         match bufs {
             [] => Ok(0),
-            [one] => self.0.write_at(one, pos),
+            [one] => self.file.write_at(one, pos),
             many => {
-                // Only the store's writer thread writes, so the cursor is
-                // ours; readers use pread and never move it.
-                let mut f = &self.0;
-                f.seek(SeekFrom::Start(pos))?;
-                f.write_vectored(many)
+                // The store performs its writes one at a time, so the cursor
+                // is ours; readers use pread and never move it, nor does
+                // set_len.
+                let mut f = &self.file;
+                if self.cursor.swap(UNKNOWN, Ordering::AcqRel) != pos {
+                    f.seek(SeekFrom::Start(pos))?;
+                }
+                let n = f.write_vectored(many)?;
+                self.cursor.store(pos + n as u64, Ordering::Release);
+                Ok(n)
             }
         }
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.0.sync_data()
+        self.file.sync_data()
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.0.set_len(len)
+        self.file.set_len(len)
     }
 
     fn size(&self) -> io::Result<u64> {
-        Ok(self.0.metadata()?.len())
+        Ok(self.file.metadata()?.len())
     }
 }
 

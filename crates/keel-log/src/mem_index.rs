@@ -3,9 +3,9 @@
 //! that `term(i)`, lookups by index and by offset never touch the disk.
 //!
 //! It is the *logical* log: it changes when an operation is submitted, in
-//! submission order, before the writer thread has performed it. Because the
-//! writer performs operations in the same order, the index after operation
-//! `n` is exactly what the disk holds after the writer has done `n`.
+//! submission order, before the group commit has performed it. Because
+//! rounds perform operations in the same order, the index after operation
+//! `n` is exactly what the disk holds once `n` is done.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

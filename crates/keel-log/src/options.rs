@@ -11,10 +11,12 @@ pub struct LogOptions {
     /// take it past this size (a segment always takes at least one entry).
     /// Default 64 MiB; at most 1 GiB.
     pub segment_bytes: u64,
-    /// How long the writer may wait, after the first queued write, for more
-    /// writes to share its fdatasync. Default 0: take what is queued.
+    /// How long the writer thread may wait, after the first queued write,
+    /// for more writes to share its fdatasync. Default 0: take what is
+    /// queued. A caller of the blocking path leading a group commit never
+    /// waits: it takes what is queued.
     pub max_batch_wait: Duration,
-    /// The writer stops gathering writes for one fdatasync at this many
+    /// A group commit stops gathering writes for one fdatasync at this many
     /// bytes (a single larger write still goes alone). Default 16 MiB.
     pub max_batch_bytes: usize,
     /// Bytes of recent entries kept in memory for reads. Entries not yet

@@ -18,6 +18,16 @@
 //! - Leftovers of interrupted operations are removed: `*.tmp` files,
 //!   segments wholly below the floor (an interrupted purge), index files
 //!   without a segment.
+//!
+//! Open never cuts anything but a torn tail: whatever else it would cut
+//! may be entries that were acknowledged as durable. When the damage is
+//! real (a power loss that persisted a later page of an unsynced write and
+//! not an earlier one, a lost segment), the way out is the explicit
+//! `repair` (`repair.rs`): it cuts the log at the first bad point, keeping
+//! a copy of everything it cuts. **It may discard acknowledged entries**:
+//! that is an operator's decision, which raft makes safe only if a quorum
+//! of the group still holds those entries (the leader re-replicates them
+//! to the repaired node); it is never taken here.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io;

@@ -1,7 +1,8 @@
 //! `LogStore`: the public face. Submitting threads plan every operation
 //! under one mutex (validation, the in-memory index, the cache, the queue
-//! order); the writer thread performs them; readers plan under the mutex and
-//! read files outside it.
+//! order); whoever holds the write turn performs them (the writer thread, or
+//! a caller of the blocking path leading a write group; see `writer`);
+//! readers plan under the mutex and read files outside it.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -17,12 +18,13 @@ use crate::cache::Cache;
 use crate::completion::{Completion, Durable, pair};
 use crate::error::{LogError, Result, is_no_space};
 use crate::fs::{Fs, FsFile, read_full_at};
+use crate::group_commit::{AppendTicket, Queue, give_writer_turn, writer_thread};
 use crate::mem_index::{LogIndex, RollPlan};
 use crate::meta::{self, Floor, HardState};
 use crate::options::LogOptions;
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::segment_name;
-use crate::writer::{Active, Op, OpKind, Queue, Writer};
+use crate::writer::{Active, Op, OpKind, Writer};
 
 type DurableCallback = Arc<dyn Fn(u64) + Send + Sync>;
 
@@ -53,9 +55,9 @@ pub(crate) struct Shared {
     queue: Mutex<Queue>,
     pub queue_cv: Condvar,
     pub durable: AtomicU64,
-    /// Operations in the queue (mirrors `queue.ops.len()`), for the
-    /// writer's brief spin before it sleeps.
-    pub queued: std::sync::atomic::AtomicUsize,
+    /// Mirrors `queue.writer_turn`, for the writer thread's brief spin
+    /// before it sleeps.
+    pub writer_wanted: AtomicBool,
     failed: AtomicBool,
     /// Bumped under `state` by anything that moves or removes entries on
     /// disk (truncate, purge, reset, rebuild); readers that read files
@@ -115,7 +117,10 @@ impl Shared {
 /// `Send + Sync`: share it behind an `Arc`; readers may run on any thread
 /// while others append.
 pub struct LogStore {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
+    /// The state that performs rounds, used by whoever holds the write
+    /// turn: the writer thread or a leading caller of the blocking path.
+    pub(crate) core: Arc<Mutex<Writer>>,
     writer: Option<JoinHandle<()>>,
     _lock: Box<dyn Send + Sync>,
 }
@@ -144,7 +149,7 @@ enum Part {
     },
 }
 
-const LOCK_FILE: &str = "LOCK";
+pub(crate) const LOCK_FILE: &str = "LOCK";
 
 impl LogStore {
     /// Opens (creating if needed) the store in `dir`, recovering from
@@ -177,6 +182,7 @@ impl LogStore {
             })?,
             len: a.end_pos,
             cap: a.end_pos,
+            written: a.end_pos,
         };
         let last = rec.index.last_index;
         let state = State {
@@ -201,20 +207,22 @@ impl LogStore {
             queue: Mutex::new(Queue::default()),
             queue_cv: Condvar::new(),
             durable: AtomicU64::new(last),
-            queued: std::sync::atomic::AtomicUsize::new(0),
+            writer_wanted: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             on_durable: Mutex::new(None),
             hard_state_lock: Mutex::new(()),
         });
-        let w = Writer::new(shared.clone(), active);
+        let core = Arc::new(Mutex::new(Writer::new(shared.clone(), active)));
+        let (sh, w) = (shared.clone(), core.clone());
         let writer = std::thread::Builder::new()
             .name("keel-log-writer".into())
-            .spawn(move || w.run())
+            .spawn(move || writer_thread(sh, w))
             .map_err(|e| LogError::io("spawn writer thread", dir, e))?;
         Ok((
             LogStore {
                 shared,
+                core,
                 writer: Some(writer),
                 _lock: lock,
             },
@@ -268,10 +276,60 @@ impl LogStore {
     /// completion resolves once they (and everything before them) are
     /// fdatasynced. An empty `entries` is a barrier: it resolves when every
     /// earlier write is durable.
+    ///
+    /// The asynchronous path: it never blocks on I/O (only, under
+    /// back-pressure, for queue room); the store's writer thread (or a
+    /// leading caller of [`LogStore::append_and_wait`]) performs the write.
+    /// For a thread that waits for each append right away,
+    /// [`LogStore::append_and_wait`] is cheaper.
     pub fn append(&self, entries: Vec<Batch>) -> Completion {
-        match self.submit_append(entries) {
-            Ok(c) => c,
+        match self.submit_append(entries, false) {
+            Ok((_, c)) => c,
             Err(e) => Completion::ready(Err(e)),
+        }
+    }
+
+    /// Appends entries (the same semantics as [`LogStore::append`]) and
+    /// blocks until they, and everything submitted before them, are
+    /// fdatasynced: the blocking path, the analogue of raft-engine's
+    /// `write(batch, sync = true)`.
+    ///
+    /// The calling thread does the work itself when no group commit is in
+    /// progress: it becomes the *leader* of a write group, takes along
+    /// every write queued so far (from either path), writes them all, issues
+    /// one `fdatasync`, completes the others and returns, with no hand-off
+    /// to the writer thread. Callers that arrive while a group commit is in
+    /// progress wait, and the first of them leads the next group for all of
+    /// them, so concurrent callers still share fsyncs. Ordering, failure
+    /// and ENOSPC semantics, the durable index and the durable callback are
+    /// exactly those of [`LogStore::append`]; completions of both paths
+    /// resolve in submission order. The durable callback may therefore run
+    /// on the calling thread.
+    ///
+    /// Not for async code: it blocks the thread for the duration of a disk
+    /// sync (use [`LogStore::append`] and await the completion there).
+    pub fn append_and_wait(&self, entries: Vec<Batch>) -> Result<Durable> {
+        self.begin_append(entries)?.wait()
+    }
+
+    /// The first half of [`LogStore::append_and_wait`]: validates and
+    /// queues the entries (their place in the log is fixed and they are
+    /// readable when this returns) and returns a ticket whose
+    /// [`AppendTicket::wait`] performs or joins the group commit. For callers
+    /// that must order their appends under a lock of their own without
+    /// holding it across the disk sync. Dropping the ticket without waiting
+    /// leaves the write to the writer thread (like dropping a
+    /// [`Completion`]).
+    pub fn begin_append(&self, entries: Vec<Batch>) -> Result<AppendTicket<'_>> {
+        let (seq, done) = self.submit_append(entries, true)?;
+        Ok(self.ticket(seq, done))
+    }
+
+    fn ticket(&self, seq: u64, done: Completion) -> AppendTicket<'_> {
+        AppendTicket {
+            store: self,
+            seq,
+            done: Some(done),
         }
     }
 
@@ -287,7 +345,7 @@ impl LogStore {
         Ok(())
     }
 
-    fn submit_append(&self, entries: Vec<Batch>) -> Result<Completion> {
+    fn submit_append(&self, entries: Vec<Batch>, blocking: bool) -> Result<(u64, Completion)> {
         let sh = &self.shared;
         let mut guard = sh.lock_state();
         self.check_open(&guard)?;
@@ -296,10 +354,19 @@ impl LogStore {
                 index: guard.index.last_index,
                 term: guard.index.last_term(),
             };
-            return Ok(self.enqueue(&mut guard, OpKind::Barrier, 0, result));
+            return Ok(self.enqueue(&mut guard, OpKind::Barrier, 0, result, blocking));
         }
         let bytes: usize = entries.iter().map(|b| b.len()).sum();
         while guard.pending_bytes > 0 && guard.pending_bytes + bytes > sh.opts.max_pending_bytes {
+            {
+                // Queued blocking writes whose callers have not started
+                // waiting have nobody performing them: let the writer
+                // thread, so that room is certain to come.
+                let mut q = sh.lock_queue();
+                if !q.busy && !q.ops.is_empty() {
+                    give_writer_turn(sh, &mut q);
+                }
+            }
             guard.room_waiters += 1;
             guard = sh.room.wait(guard).unwrap_or_else(|p| p.into_inner());
             guard.room_waiters -= 1;
@@ -346,31 +413,47 @@ impl LogStore {
             rolls,
             start,
         };
-        Ok(self.enqueue(&mut guard, kind, bytes, result))
+        Ok(self.enqueue(&mut guard, kind, bytes, result, blocking))
     }
 
     /// Queues an operation; called with the state lock held so that queue
-    /// order is planning order.
-    fn enqueue(&self, st: &mut State, kind: OpKind, bytes: usize, result: Durable) -> Completion {
+    /// order is planning order. `blocking`: the caller will wait for it on
+    /// the blocking path (and lead the round itself if nobody holds the
+    /// write turn then); otherwise the writer thread gets the turn if
+    /// nobody holds it.
+    fn enqueue(
+        &self,
+        st: &mut State,
+        kind: OpKind,
+        bytes: usize,
+        result: Durable,
+        blocking: bool,
+    ) -> (u64, Completion) {
+        let sh = &self.shared;
         let seq = st.next_seq;
         st.next_seq += 1;
         st.pending_bytes += bytes;
         let (tx, rx) = pair();
-        let mut q = self.shared.lock_queue();
+        let mut q = sh.lock_queue();
         q.ops.push_back(Op {
             seq,
             kind,
             bytes,
             result,
             done: Some(tx),
+            leads: false,
         });
         q.bytes += bytes;
-        self.shared.queued.store(q.ops.len(), Ordering::Release);
-        if q.idle {
+        if !q.busy {
+            if !blocking {
+                give_writer_turn(sh, &mut q);
+            }
+        } else if q.writer_turn && q.idle {
+            // The writer thread is gathering writes for its round.
             q.idle = false;
-            self.shared.queue_cv.notify_one();
+            sh.queue_cv.notify_one();
         }
-        rx
+        (seq, rx)
     }
 
     /// Removes entries `from_index..`. Resolves once the removal is durable.
@@ -393,7 +476,7 @@ impl LogStore {
                 index: st.index.last_index,
                 term: st.index.last_term(),
             };
-            return self.enqueue(st, OpKind::Barrier, 0, result);
+            return self.enqueue(st, OpKind::Barrier, 0, result, false).1;
         }
         let seq = st.next_seq;
         let plan = st.index.truncate(from_index);
@@ -405,7 +488,7 @@ impl LogStore {
             index: st.index.last_index,
             term: st.index.last_term(),
         };
-        self.enqueue(st, OpKind::Truncate(plan), 0, result)
+        self.enqueue(st, OpKind::Truncate(plan), 0, result, false).1
     }
 
     /// Deletes whole segments whose entries are all `<= up_to_index` (never
@@ -432,9 +515,9 @@ impl LogStore {
                 floor: st.index.floor,
                 remove: removed,
             };
-            self.enqueue(st, kind, 0, result)
+            self.enqueue(st, kind, 0, result, true)
         };
-        done.wait().map(|_| ())
+        self.ticket(done.0, done.1).wait().map(|_| ())
     }
 
     /// Discards the whole log (a snapshot was installed): afterwards the log
@@ -475,9 +558,9 @@ impl LogStore {
                 remove: removed,
                 sid,
             };
-            self.enqueue(st, kind, 0, result)
+            self.enqueue(st, kind, 0, result, true)
         };
-        done.wait().map(|_| ())
+        self.ticket(done.0, done.1).wait().map(|_| ())
     }
 
     /// A completion that resolves when everything submitted so far is
@@ -495,16 +578,30 @@ impl LogStore {
         self.shared.durable.load(Ordering::Acquire)
     }
 
-    /// Registers a function called from the writer thread with the new
-    /// durable index after each group commit (so that a driver learns of
-    /// durability without one waiter per append). Keep it short: it runs on
-    /// the write path.
+    /// Registers a function called with the new durable index after each
+    /// group commit (so that a driver learns of durability without one
+    /// waiter per append). It runs on the thread that performed the group
+    /// commit: the writer thread, or a caller of the blocking path leading
+    /// it. Keep it short and non-blocking: it runs on the write path, before
+    /// the next group commit can start.
     pub fn set_durable_callback(&self, f: impl Fn(u64) + Send + Sync + 'static) {
         *self
             .shared
             .on_durable
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(f));
+    }
+
+    /// Callers blocked in [`LogStore::append_and_wait`] (or
+    /// [`AppendTicket::wait`]) whose writes wait for the group commit in
+    /// progress to end (a gauge, for metrics and tests).
+    pub fn waiting_writers(&self) -> usize {
+        self.shared
+            .lock_queue()
+            .ops
+            .iter()
+            .filter(|o| o.leads)
+            .count()
     }
 
     /// The error that failed the store, if it failed.

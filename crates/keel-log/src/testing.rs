@@ -3,12 +3,15 @@
 //! [`FaultFs`] wraps another [`Fs`] and fails chosen operations the way a
 //! real disk does: a write that fails with EIO, an fsync that fails once, a
 //! write that writes only part of its buffers, a device that runs out of
-//! space partway through a write. Public so that the node's tests can use it.
+//! space partway through a write; and it can hold syncs until released, so
+//! that a test can line up writers behind a group commit in progress.
+//! Public so that the node's tests can use it.
 
 use std::io::{self, IoSlice};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use crate::fs::{Fs, FsFile, OpenMode, RealFs};
 
@@ -32,6 +35,10 @@ struct Faults {
     filter: Option<String>,
     syncs: u64,
     writes: u64,
+    /// Data syncs of affected files block while set.
+    hold_syncs: bool,
+    /// Syncs blocked by `hold_syncs` right now.
+    held: u64,
 }
 
 /// A filesystem wrapper that injects faults. Cheap to clone; clones share
@@ -40,6 +47,8 @@ struct Faults {
 pub struct FaultFs {
     inner: Arc<dyn Fs>,
     faults: Arc<Mutex<Faults>>,
+    /// Signalled when held syncs are released or start waiting.
+    gate: Arc<Condvar>,
 }
 
 impl FaultFs {
@@ -52,6 +61,7 @@ impl FaultFs {
         FaultFs {
             inner,
             faults: Arc::new(Mutex::new(Faults::default())),
+            gate: Arc::new(Condvar::new()),
         }
     }
 
@@ -97,12 +107,46 @@ impl FaultFs {
         self.lock().filter = suffix.map(str::to_owned);
     }
 
-    /// Clears every armed fault.
+    /// From now on, data syncs of affected files block (after their fault
+    /// check: a sync armed to fail fails at once) until
+    /// [`FaultFs::release_syncs`].
+    pub fn hold_syncs(&self) {
+        self.lock().hold_syncs = true;
+    }
+
+    /// Lets held syncs (and later ones) proceed.
+    pub fn release_syncs(&self) {
+        self.lock().hold_syncs = false;
+        self.gate.notify_all();
+    }
+
+    /// Waits until `n` syncs are held; false if that takes over `timeout`.
+    pub fn wait_for_held_syncs(&self, n: u64, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut f = self.lock();
+        while f.held < n {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            f = self
+                .gate
+                .wait_timeout(f, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Clears every armed fault and releases held syncs.
     pub fn clear(&self) {
         let mut f = self.lock();
         f.write_budget = None;
         f.sync_fail_in = None;
         f.short_writes = false;
+        f.hold_syncs = false;
+        drop(f);
+        self.gate.notify_all();
     }
 
     /// Successful data syncs so far (all files).
@@ -143,6 +187,7 @@ impl Fs for FaultFs {
             inner,
             affected: self.affects(path),
             faults: self.faults.clone(),
+            gate: self.gate.clone(),
         }))
     }
 
@@ -172,6 +217,7 @@ struct FaultFile {
     inner: Arc<dyn FsFile>,
     affected: bool,
     faults: Arc<Mutex<Faults>>,
+    gate: Arc<Condvar>,
 }
 
 impl FaultFile {
@@ -256,6 +302,14 @@ impl FsFile for FaultFile {
                 return Err(io::Error::from_raw_os_error(5));
             }
             f.sync_fail_in = Some(n - 1);
+        }
+        if self.affected && f.hold_syncs {
+            f.held += 1;
+            self.gate.notify_all();
+            while f.hold_syncs {
+                f = self.gate.wait(f).unwrap_or_else(|p| p.into_inner());
+            }
+            f.held -= 1;
         }
         drop(f);
         self.inner.sync_data()?;

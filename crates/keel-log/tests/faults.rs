@@ -267,3 +267,42 @@ fn a_full_disk_during_purge_keeps_the_log() {
     assert!(s.first_index() > 1);
     append_wait(&s, g.take(2));
 }
+
+#[test]
+fn a_full_disk_while_filling_ahead_with_zeros_fails_cleanly() {
+    // Small appends get zeros written ahead of them; the disk fills up
+    // during that filling, before any of the entry is written.
+    let dir = TempDir::new("keel-log").unwrap();
+    let fs = FaultFs::new();
+    fs.only_files_ending_with(Some(".log"));
+    let opts = fault_opts(&fs, 4 << 20);
+    let (s, _) = LogStore::open(dir.path(), opts.clone()).unwrap();
+    let seg = dir.path().join(keel_log::segment_file_name(1));
+    let mut g = Gen::new();
+    let retry = g;
+    fs.fail_writes_after(10_000, WriteFault::NoSpace);
+    let err = s.append_and_wait(g.take(2)).unwrap_err();
+    assert!(matches!(err, LogError::NoSpace { .. }), "{err}");
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), 0, "zeros cut back");
+    assert_eq!(s.last_index(), 0);
+    fs.free_space();
+    let mut h = retry;
+    let e = h.take(2);
+    assert_eq!(s.append_and_wait(e.clone()).unwrap().index, 2);
+    // The space after the data was filled with zeros, which a copy taken
+    // now (a crash) shows and open cuts.
+    let len: u64 = e.iter().map(|b| b.len() as u64).sum();
+    assert!(std::fs::metadata(&seg).unwrap().len() > len + 4096);
+    let copy = TempDir::new("keel-log-copy").unwrap();
+    std::fs::copy(&seg, copy.path().join(keel_log::segment_file_name(1))).unwrap();
+    let (c, rep) = LogStore::open(copy.path(), LogOptions::default()).unwrap();
+    assert!(rep.torn_tail.is_none());
+    assert!(rep.zero_tail_bytes > 4096);
+    assert_eq!(read_all(&c), e);
+    drop(s);
+    assert_eq!(
+        std::fs::metadata(&seg).unwrap().len(),
+        len,
+        "trimmed on close"
+    );
+}

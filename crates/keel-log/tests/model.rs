@@ -1,5 +1,6 @@
 //! Property test: random sequences of append (including overwrites of the
-//! suffix), truncate, purge, reset, close/reopen, hard state saves and
+//! suffix; on the asynchronous and the blocking path, and both in one
+//! group), truncate, purge, reset, close/reopen, hard state saves and
 //! appends that hit a full disk, checked after every step against a plain
 //! in-memory model of the log.
 
@@ -19,6 +20,15 @@ enum Step {
         n: u8,
         records: u8,
         bump: bool,
+        blocking: bool,
+    },
+    /// Two appends submitted before either is waited for, one on each path
+    /// (the second may overwrite part of the first).
+    Pipelined {
+        n1: u8,
+        back: u8,
+        n2: u8,
+        ticket_first: bool,
     },
     Truncate {
         back: u8,
@@ -37,19 +47,22 @@ enum Step {
     },
     AppendNoSpace {
         n: u8,
+        blocking: bool,
     },
 }
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        6 => (0u8..4, 1u8..6, 0u8..4, any::<bool>())
-            .prop_map(|(back, n, records, bump)| Step::Append { back, n, records, bump }),
+        6 => (0u8..4, 1u8..6, 0u8..4, any::<bool>(), any::<bool>())
+            .prop_map(|(back, n, records, bump, blocking)| Step::Append { back, n, records, bump, blocking }),
+        2 => (1u8..4, 0u8..3, 1u8..4, any::<bool>())
+            .prop_map(|(n1, back, n2, ticket_first)| Step::Pipelined { n1, back, n2, ticket_first }),
         1 => (0u8..8).prop_map(|back| Step::Truncate { back }),
         1 => (0u8..=100).prop_map(|frac| Step::Purge { frac }),
         1 => (0u8..5, 0u8..5).prop_map(|(gap, offset_gap)| Step::Reset { gap, offset_gap }),
         2 => Just(Step::Reopen),
         1 => (0u8..10, 0u8..4).prop_map(|(term, vote)| Step::SaveHardState { term, vote }),
-        1 => (1u8..4).prop_map(|n| Step::AppendNoSpace { n }),
+        1 => (1u8..4, any::<bool>()).prop_map(|(n, blocking)| Step::AppendNoSpace { n, blocking }),
     ]
 }
 
@@ -173,12 +186,43 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 n,
                 records,
                 bump,
+                blocking,
             } => {
                 let e = m.make(back, n, records, bump);
-                let d = append_wait(store, e.clone());
+                let d = if blocking {
+                    store.append_and_wait(e.clone()).unwrap()
+                } else {
+                    append_wait(store, e.clone())
+                };
                 m.apply_append(&e);
                 prop_assert_eq!(d.index, m.last_index());
                 prop_assert!(store.durable_index() >= d.index);
+            }
+            Step::Pipelined {
+                n1,
+                back,
+                n2,
+                ticket_first,
+            } => {
+                let e1 = m.make(0, n1, 1, false);
+                m.apply_append(&e1);
+                let i1 = m.last_index();
+                let e2 = m.make(back.min(n1), n2, 2, false);
+                m.apply_append(&e2);
+                let (d1, d2) = if ticket_first {
+                    let t = store.begin_append(e1).unwrap();
+                    let c = store.append(e2);
+                    let d1 = t.wait().unwrap();
+                    (d1, c.wait().unwrap())
+                } else {
+                    let c = store.append(e1);
+                    let d2 = store.append_and_wait(e2).unwrap();
+                    prop_assert!(c.is_ready(), "the earlier async append completes first");
+                    (c.wait().unwrap(), d2)
+                };
+                prop_assert_eq!(d1.index, i1);
+                prop_assert_eq!(d2.index, m.last_index());
+                prop_assert!(store.durable_index() >= d2.index);
             }
             Step::Truncate { back } => {
                 let from = (m.last_index() + 1)
@@ -229,11 +273,15 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 store.save_hard_state(hs).unwrap();
                 m.hard_state = hs;
             }
-            Step::AppendNoSpace { n } => {
+            Step::AppendNoSpace { n, blocking } => {
                 let saved = (m.max_term, m.salt);
                 let e = m.make(0, n, 1, false);
                 fs.fail_writes_after(20, WriteFault::NoSpace);
-                let r = store.append(e).wait();
+                let r = if blocking {
+                    store.append_and_wait(e)
+                } else {
+                    store.append(e).wait()
+                };
                 fs.free_space();
                 prop_assert!(matches!(r, Err(LogError::NoSpace { .. })), "{:?}", r);
                 (m.max_term, m.salt) = saved;
