@@ -11,8 +11,9 @@
 //!   waits on the completion instead). raft-engine: one engine, one region
 //!   per writer, each append a `LogBatch` written with `sync = true`, as TiKV
 //!   uses it.
-//! - large writes: 1 MiB appends (64 entries of 16 KiB), synced, from one
-//!   and from four writers, against the raw disk: 1 MiB writes with an
+//! - large writes: 1 MiB appends (64 entries of 16 KiB; `--append-mib N`
+//!   for N MiB), synced, from one
+//!   and from four writers, against the raw disk: writes of that size with an
 //!   fdatasync after each, and with one fdatasync at the end.
 //! - sequential read of everything the single-writer large test wrote.
 //!
@@ -28,7 +29,7 @@
 //! (on a disk shared with bursts of other work, many runs pooled say more
 //! than any one).
 //!
-//! cargo run --release --manifest-path benchmarks/log-vs-raft-engine/Cargo.toml -- [--dir DIR] [--secs N] [--large-mib N] [--rounds N] [--keel-path blocking|async] [--only-small|--only-large] [--writers 1,16,64] [--sizes 256,1024,4096] [--only keel|raft-engine] [--samples FILE] [--report FILE]
+//! cargo run --release --manifest-path benchmarks/log-vs-raft-engine/Cargo.toml -- [--dir DIR] [--secs N] [--large-mib N] [--append-mib N] [--rounds N] [--keel-path blocking|async] [--only-small|--only-large] [--writers 1,16,64] [--sizes 256,1024,4096] [--only keel|raft-engine] [--samples FILE] [--report FILE]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -59,6 +60,8 @@ struct Args {
     dir: PathBuf,
     secs: f64,
     large_mib: usize,
+    /// Size of one large append (and of one raw-disk write), in MiB.
+    append_mib: usize,
     /// Runs per point, alternating the stores; each one's median is
     /// reported (the machine is shared and noisy).
     rounds: usize,
@@ -84,6 +87,7 @@ fn args() -> Args {
         dir: std::env::temp_dir(),
         secs: 2.0,
         large_mib: 256,
+        append_mib: 1,
         rounds: 5,
         blocking: true,
         small: true,
@@ -103,6 +107,7 @@ fn args() -> Args {
             "--dir" => a.dir = PathBuf::from(val),
             "--secs" => a.secs = val.parse().expect("--secs N"),
             "--large-mib" => a.large_mib = val.parse().expect("--large-mib N"),
+            "--append-mib" => a.append_mib = val.parse().expect("--append-mib N"),
             "--rounds" => a.rounds = val.parse().expect("--rounds N"),
             "--keel-path" => {
                 a.blocking = match val.as_str() {
@@ -145,6 +150,10 @@ fn args() -> Args {
         i += step;
     }
     assert!(a.rounds >= 1, "--rounds must be at least 1");
+    assert!(
+        a.append_mib >= 1 && a.large_mib % a.append_mib == 0,
+        "--append-mib must be at least 1 and divide --large-mib"
+    );
     a
 }
 
@@ -292,12 +301,12 @@ fn raft_engine_synced(base: &Path, writers: usize, size: usize, secs: f64) -> Po
     })
 }
 
-fn raw_disk(base: &Path, mib: usize, sync_each: bool) -> f64 {
+fn raw_disk(base: &Path, mib: usize, unit_mib: usize, sync_each: bool) -> f64 {
     let dir = TempDir::new_in(Some(base), "raw").unwrap();
     let mut f = std::fs::File::create(dir.path().join("raw")).unwrap();
-    let chunk = payload(1 << 20, 7);
+    let chunk = payload(unit_mib << 20, 7);
     let t = Instant::now();
-    for _ in 0..mib {
+    for _ in 0..mib / unit_mib {
         f.write_all(&chunk).unwrap();
         if sync_each {
             f.sync_data().unwrap();
@@ -307,16 +316,22 @@ fn raw_disk(base: &Path, mib: usize, sync_each: bool) -> f64 {
     mib as f64 / t.elapsed().as_secs_f64()
 }
 
-/// 1 MiB appends (64 x 16 KiB entries), encoded before the clock starts,
-/// from `writers` threads; returns MiB/s and the directory.
-fn keel_large(base: &Path, mib: usize, writers: usize, blocking: bool) -> (f64, TempDir) {
+/// `unit` MiB appends (64 x 16 KiB entries per MiB), encoded before the
+/// clock starts, from `writers` threads; returns MiB/s and the directory.
+fn keel_large(
+    base: &Path,
+    mib: usize,
+    unit: usize,
+    writers: usize,
+    blocking: bool,
+) -> (f64, TempDir) {
     let dir = TempDir::new_in(Some(base), "keel-large").unwrap();
     let (store, _) = LogStore::open(dir.path(), LogOptions::default()).unwrap();
     let data = payload(16 << 10, 3);
     let mut index = 1u64;
-    let appends: Vec<Vec<Batch>> = (0..mib)
+    let appends: Vec<Vec<Batch>> = (0..mib / unit)
         .map(|_| {
-            (0..64)
+            (0..64 * unit)
                 .map(|_| {
                     let b =
                         BatchBuilder::single(&data).seal(EntryKind::Data, 1, index, index - 1, 0);
@@ -353,7 +368,12 @@ fn keel_large(base: &Path, mib: usize, writers: usize, blocking: bool) -> (f64, 
     (mibs, dir)
 }
 
-fn raft_engine_large(base: &Path, mib: usize, writers: usize) -> (f64, TempDir, Engine) {
+fn raft_engine_large(
+    base: &Path,
+    mib: usize,
+    unit: usize,
+    writers: usize,
+) -> (f64, TempDir, Engine) {
     let dir = TempDir::new_in(Some(base), "raft-engine-large").unwrap();
     let engine = Engine::open(raft_engine_config(dir.path())).unwrap();
     let data = payload(16 << 10, 3);
@@ -361,9 +381,9 @@ fn raft_engine_large(base: &Path, mib: usize, writers: usize) -> (f64, TempDir, 
     // order); the appends are dealt round-robin.
     let mut per_writer: Vec<Vec<LogBatch>> = (0..writers).map(|_| Vec::new()).collect();
     let mut index = vec![1u64; writers];
-    for m in 0..mib {
+    for m in 0..mib / unit {
         let w = m % writers;
-        let entries: Vec<BytesValue> = (0..64)
+        let entries: Vec<BytesValue> = (0..64 * unit)
             .map(|_| {
                 let mut value = index[w].to_le_bytes().to_vec();
                 value.extend_from_slice(&data);
@@ -580,14 +600,14 @@ fn large(a: &Args) {
     let mut l = Large::default();
     let mut read_dirs = None;
     for round in 0..a.rounds {
-        let each = raw_disk(&a.dir, a.large_mib, true);
-        let end = raw_disk(&a.dir, a.large_mib, false);
+        let each = raw_disk(&a.dir, a.large_mib, a.append_mib, true);
+        let end = raw_disk(&a.dir, a.large_mib, a.append_mib, false);
         l.raw_each.push(each);
         l.raw_end.push(end);
         let mut line = format!("large,{each},{end}");
         for (slot, &w) in [1usize, 4].iter().enumerate() {
-            let (kl, kdir) = keel_large(&a.dir, a.large_mib, w, a.blocking);
-            let (rl, rdir, engine) = raft_engine_large(&a.dir, a.large_mib, w);
+            let (kl, kdir) = keel_large(&a.dir, a.large_mib, a.append_mib, w, a.blocking);
+            let (rl, rdir, engine) = raft_engine_large(&a.dir, a.large_mib, a.append_mib, w);
             l.keel[slot].push(kl);
             l.re[slot].push(rl);
             line.push_str(&format!(",{kl},{rl}"));
@@ -597,7 +617,7 @@ fn large(a: &Args) {
         }
         sample(a, line);
     }
-    print_large(&l);
+    print_large(&l, a.append_mib);
     if let Some((kdir, _rdir, engine)) = read_dirs {
         let k = keel_read(kdir.path());
         let r = raft_engine_read(&engine);
@@ -609,7 +629,13 @@ fn large(a: &Args) {
     }
 }
 
-fn print_large(l: &Large) {
+/// `unit`: the size of one append in MiB (0: not known, from `--report`).
+fn print_large(l: &Large, unit: usize) {
+    let unit = if unit == 0 {
+        "large".to_string()
+    } else {
+        format!("{unit} MiB")
+    };
     let fmt_range = |v: &[f64]| {
         let lo = v.iter().copied().fold(f64::MAX, f64::min);
         let hi = v.iter().copied().fold(0.0, f64::max);
@@ -621,7 +647,7 @@ fn print_large(l: &Large) {
     let each = median(l.raw_each.clone());
     let end = median(l.raw_end.clone());
     println!(
-        "raw disk: {each:.0} MiB/s (1 MiB writes, fdatasync after each; range {}), {end:.0} MiB/s (one fdatasync at the end; range {})",
+        "raw disk: {each:.0} MiB/s ({unit} writes, fdatasync after each; range {}), {end:.0} MiB/s (one fdatasync at the end; range {})",
         fmt_range(&l.raw_each),
         fmt_range(&l.raw_end)
     );
@@ -631,7 +657,7 @@ fn print_large(l: &Large) {
         let rm = median(l.re[slot].clone());
         let paired = |other: &[f64]| median(k.iter().zip(other).map(|(a, b)| a / b).collect());
         println!(
-            "large writes, {w} writer(s) of 1 MiB appends: keel-log {km:.0} MiB/s (range {}; {:.0}% of raw each-synced, {:.0}% of raw end-synced; paired {:.0}% / {:.0}%), raft-engine {rm:.0} MiB/s (range {}), ratio {:.2}, paired {:.2}",
+            "large writes, {w} writer(s) of {unit} appends: keel-log {km:.0} MiB/s (range {}; {:.0}% of raw each-synced, {:.0}% of raw end-synced; paired {:.0}% / {:.0}%), raft-engine {rm:.0} MiB/s (range {}), ratio {:.2}, paired {:.2}",
             fmt_range(k),
             100.0 * km / each,
             100.0 * km / end,
@@ -699,5 +725,5 @@ fn report(path: &Path) {
         l.raw_each.len()
     );
     print_small(&points2, ks2, rs2);
-    print_large(&l);
+    print_large(&l, 0);
 }
