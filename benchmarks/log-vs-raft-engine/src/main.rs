@@ -151,7 +151,7 @@ fn args() -> Args {
     }
     assert!(a.rounds >= 1, "--rounds must be at least 1");
     assert!(
-        a.append_mib >= 1 && a.large_mib % a.append_mib == 0,
+        a.append_mib >= 1 && a.large_mib.is_multiple_of(a.append_mib),
         "--append-mib must be at least 1 and divide --large-mib"
     );
     a
