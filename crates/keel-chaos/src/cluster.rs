@@ -34,8 +34,28 @@ pub struct Cluster {
 #[derive(Debug, Clone)]
 pub struct Cut {
     pub file: PathBuf,
+    /// The file's length before the cut (data plus preallocated zeros).
     pub from: u64,
     pub to: u64,
+    /// Bytes of data (up to the last non-zero byte) the cut removed.
+    pub data_bytes: u64,
+}
+
+/// The position after the last non-zero byte in `[lo, hi)` of `f`, or `lo`.
+fn last_data_end(f: &std::fs::File, lo: u64, hi: u64) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut end = hi;
+    while end > lo {
+        let start = end.saturating_sub(buf.len() as u64).max(lo);
+        let want = (end - start) as usize;
+        f.read_exact_at(&mut buf[..want], start)?;
+        if let Some(i) = buf[..want].iter().rposition(|&b| b != 0) {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(lo)
 }
 
 impl Cluster {
@@ -262,15 +282,17 @@ fn cut_dir(dir: &Path, cuts: &mut Vec<Cut>) -> std::io::Result<()> {
             }
             Err(e) => return Err(e),
         };
-        let f = OpenOptions::new().write(true).open(&path)?;
+        let f = OpenOptions::new().read(true).write(true).open(&path)?;
         let len = f.metadata()?.len();
         if len > synced {
+            let data_bytes = last_data_end(&f, synced, len)? - synced;
             f.set_len(synced)?;
             f.sync_all()?;
             cuts.push(Cut {
                 file: path,
                 from: len,
                 to: synced,
+                data_bytes,
             });
         }
     }

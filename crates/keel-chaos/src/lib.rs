@@ -82,6 +82,8 @@ pub struct Options {
     pub nodes: usize,
     pub clients: usize,
     pub duration: Duration,
+    /// Run the nemesis list this many times instead of until `duration`.
+    pub rounds: Option<usize>,
     pub nemeses: Vec<Kind>,
     pub quiet: Duration,
     pub hold: Duration,
@@ -296,7 +298,11 @@ pub async fn run(opts: Options) -> Result<Outcomes, Error> {
         let p = phases.last_mut().expect("phase just pushed");
         p.description = desc;
         p.recovery_ms = rec;
-        if start.elapsed() >= opts.duration {
+        let done = match opts.rounds {
+            Some(r) => i >= r * opts.nemeses.len(),
+            None => start.elapsed() >= opts.duration,
+        };
+        if done {
             break;
         }
     }

@@ -138,6 +138,9 @@ struct Cli {
     /// runs.
     #[arg(long, default_value = "90s", value_parser = parse_duration)]
     duration: Duration,
+    /// Instead of --duration: run the nemesis list this many times.
+    #[arg(long, value_name = "N")]
+    rounds: Option<usize>,
     /// Nemeses to cycle through, comma separated, or `all`.
     #[arg(long, default_value = "all")]
     nemeses: String,
@@ -218,6 +221,7 @@ fn main() -> ExitCode {
         nodes: cli.nodes,
         clients: cli.clients,
         duration: cli.duration,
+        rounds: cli.rounds.filter(|&r| r > 0),
         nemeses,
         quiet: cli.quiet,
         hold: cli.hold,

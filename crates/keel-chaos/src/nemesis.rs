@@ -266,10 +266,10 @@ fn kill_and_maybe_cut(
             bytes += cl
                 .lose_unsynced(v)?
                 .iter()
-                .map(|c| c.from - c.to)
+                .map(|c| c.data_bytes)
                 .sum::<u64>();
         }
-        desc.push_str(&format!(", cut {bytes} un-fsynced bytes"));
+        desc.push_str(&format!(", cut {bytes} bytes of un-fsynced data"));
     }
     Ok((Undo::Restart(victims.to_vec()), desc))
 }
