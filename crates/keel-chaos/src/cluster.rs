@@ -199,6 +199,56 @@ impl Cluster {
         Ok(cuts)
     }
 
+    /// Bytes of data past the sync record in the node's last segment of
+    /// each group: what a crash right now would lose. (Read while the node
+    /// is stopped or dead, so it cannot change underneath.)
+    pub fn unsynced_bytes(&self, id: usize) -> u64 {
+        let mut total = 0;
+        let groups = self.nodes[id - 1].data_dir.join("groups");
+        for g in std::fs::read_dir(groups).into_iter().flatten().flatten() {
+            let mut segs: Vec<PathBuf> = std::fs::read_dir(g.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                .collect();
+            segs.sort();
+            let Some(last) = segs.pop() else { continue };
+            let mut side = last.clone().into_os_string();
+            side.push(".synced");
+            let Some(synced) = std::fs::read_to_string(&side)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if let Ok(f) = std::fs::File::open(&last)
+                && let Ok(len) = f.metadata().map(|m| m.len())
+                && len > synced
+                && let Ok(end) = last_data_end(&f, synced, len)
+            {
+                total += end - synced;
+            }
+        }
+        total
+    }
+
+    /// Whether any node's store keeps sync records (`.synced` beside its
+    /// segments), i.e. the server was built with `fault-injection`.
+    pub fn has_sync_records(&self) -> bool {
+        self.nodes.iter().any(|n| {
+            std::fs::read_dir(n.data_dir.join("groups"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|g| std::fs::read_dir(g.path()).ok())
+                .flatten()
+                .flatten()
+                .any(|f| f.file_name().to_string_lossy().ends_with(".log.synced"))
+        })
+    }
+
     /// Whether a process exited on its own (a crash the nemesis did not
     /// cause); returns its status text.
     pub fn exited(&mut self, id: usize) -> Option<String> {

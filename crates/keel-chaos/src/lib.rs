@@ -227,6 +227,14 @@ pub async fn run(opts: Options) -> Result<Outcomes, Error> {
             cl.log_path(1).display()
         )));
     }
+    if !cl.has_sync_records() {
+        return Err(Error::Setup(format!(
+            "{} keeps no sync records, so crashes cannot lose un-fsynced writes: \
+             it was built without the test-only feature; build it with \
+             `cargo build --release -p keel --features fault-injection`",
+            opts.keel_bin.display()
+        )));
+    }
     let mut phases = vec![Phase {
         nemesis: "startup".into(),
         description: "no fault".into(),

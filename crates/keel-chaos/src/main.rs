@@ -204,7 +204,7 @@ fn main() -> ExitCode {
         && let Some(k) = nemeses.iter().find(|k| k.needs_partitions())
     {
         eprintln!(
-            "error: nemesis {} needs network faults; drop it or --no-network-faults",
+            "error: nemesis {} needs network faults: leave it out, or run without --no-network-faults",
             k.name()
         );
         return ExitCode::from(2);

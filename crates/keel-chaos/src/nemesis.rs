@@ -228,11 +228,11 @@ pub async fn inject(
                 order.insert(0, l);
             }
             let victims: Vec<usize> = order[..minority].to_vec();
-            kill_and_maybe_cut(cl, &victims, kind == Kind::LoseUnsyncedMinority)
+            kill_and_maybe_cut(cl, &victims, kind == Kind::LoseUnsyncedMinority, rng).await
         }
         Kind::KillAll | Kind::LoseUnsyncedAll => {
             let victims: Vec<usize> = (1..=n).collect();
-            kill_and_maybe_cut(cl, &victims, kind == Kind::LoseUnsyncedAll)
+            kill_and_maybe_cut(cl, &victims, kind == Kind::LoseUnsyncedAll, rng).await
         }
         Kind::PauseLeader => {
             let x = leader.unwrap_or_else(|| 1 + rng.below(n as u64) as usize);
@@ -249,11 +249,30 @@ pub async fn inject(
     }
 }
 
-fn kill_and_maybe_cut(
+async fn kill_and_maybe_cut(
     cl: &mut Cluster,
     victims: &[usize],
     lose: bool,
+    rng: &mut Rng,
 ) -> Result<(Undo, String), Error> {
+    if lose {
+        // Aim for a moment when something is written but not yet synced
+        // (between group commits there is nothing to lose): freeze the
+        // victims, look, and let them run a little more if nothing is in
+        // flight. A frozen process's page cache is what kill -9 leaves.
+        for _ in 0..100 {
+            for &v in victims {
+                cl.pause(v);
+            }
+            if victims.iter().any(|&v| cl.unsynced_bytes(v) > 0) {
+                break;
+            }
+            for &v in victims {
+                cl.resume(v);
+            }
+            tokio::time::sleep(Duration::from_micros(200 + rng.below(3000))).await;
+        }
+    }
     // Kill them all first, so that "all at once" is as close to a power
     // loss as processes allow.
     for &v in victims {

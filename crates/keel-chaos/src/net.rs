@@ -38,6 +38,7 @@ pub type Cut = (usize, usize);
 pub struct Net {
     n: usize,
     mode: Mode,
+    _lock: Option<RunLock>,
 }
 
 enum Mode {
@@ -102,6 +103,48 @@ pub fn remove_leftovers(ip: &Path) {
         let _ = run(Command::new(ip).args(["netns", "del", name]));
     }
     let _ = run(Command::new(ip).args(["link", "del", BRIDGE]));
+    // A namespace outlives `netns del` while a process still holds it, and
+    // its veth pair with it: remove our veth ends explicitly.
+    if let Ok(links) = run(Command::new(ip).args(["-o", "link", "show"])) {
+        for line in links.lines() {
+            let Some(name) = line.split(':').nth(1).map(str::trim) else {
+                continue;
+            };
+            let name = name.split('@').next().unwrap_or(name);
+            let ours = ["kcv", "kcp"].iter().any(|p| {
+                name.strip_prefix(p)
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            });
+            if ours {
+                let _ = run(Command::new(ip).args(["link", "del", name]));
+            }
+        }
+    }
+}
+
+/// Held for the whole run: one run at a time owns the test network.
+pub struct RunLock(#[allow(dead_code)] std::fs::File);
+
+/// Takes the machine-wide lock of the test network (in the temp dir).
+pub fn lock_network() -> Result<RunLock, Error> {
+    let path = std::env::temp_dir().join(format!("{PREFIX}.lock"));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::Setup(format!("cannot open {}: {e}", path.display())))?;
+    match f.try_lock() {
+        Ok(()) => Ok(RunLock(f)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Setup(format!(
+            "another keel-chaos run owns the test network (lock {}); wait for it or stop it",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(Error::Setup(format!("cannot lock {}: {e}", path.display())))
+        }
+    }
 }
 
 impl Net {
@@ -122,6 +165,7 @@ impl Net {
         Ok(Net {
             n,
             mode: Mode::Loopback { ports },
+            _lock: None,
         })
     }
 
@@ -150,6 +194,7 @@ impl Net {
                     .into(),
             )
         })?;
+        let lock = lock_network()?;
         remove_leftovers(&ip);
         let net = Net {
             n,
@@ -157,6 +202,7 @@ impl Net {
                 ip: ip.clone(),
                 nft: nft.clone(),
             },
+            _lock: Some(lock),
         };
         // From here on, dropping `net` removes whatever was made.
         let setup = |cmd: &mut Command| {
