@@ -29,10 +29,12 @@ use keel_proto::v1::keel_client::KeelClient;
 use keel_proto::v1::*;
 use thiserror::Error;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
 
 pub use keel_proto::v1::{Record, StatusResponse};
+/// gRPC status codes, as carried by [`ClientError::Rpc`].
+pub use tonic::Code;
 
 /// The default endpoint: a single local node.
 pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:7070";

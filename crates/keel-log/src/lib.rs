@@ -31,6 +31,8 @@
 //! - `repair`: the explicit repair (cut at the first bad point, with a backup)
 //! - `completion`: the runtime-agnostic completion (blocking and `Future`)
 //! - `fs`: the filesystem layer; `testing`: fault injection and temp dirs
+//! - `sync_record` (feature `fault-injection`): sync records beside each
+//!   segment, for crash simulation by the real-process fault tests
 
 mod cache;
 mod check;
@@ -46,6 +48,8 @@ mod repair;
 mod seg_index;
 mod segment;
 mod store;
+#[cfg(feature = "fault-injection")]
+pub mod sync_record;
 pub mod testing;
 mod writer;
 

@@ -232,6 +232,8 @@ pub fn start(
     rc.max_msg_bytes = 4 << 20;
     rc.max_inflight_msgs = 512;
     rc.max_inflight_bytes = 64 << 20;
+    #[cfg(feature = "fault-injection")]
+    crate::node::fault::apply_to_raft(&mut rc);
     let init = InitialState {
         hard_state: keel_raft::HardState {
             term: hs.term,

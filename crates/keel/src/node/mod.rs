@@ -3,6 +3,8 @@
 //! shared by every group, the client API and the metrics endpoint.
 
 pub mod datadir;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod frame;
 pub mod group;
 pub mod storage;
@@ -71,11 +73,11 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
     let mut tasks = Vec::new();
     for group in [keel_proto::DEFAULT_LOG] {
         let gdir = dir.group_dir(group);
-        let (store, report) =
-            tokio::task::spawn_blocking(move || LogStore::open(&gdir, LogOptions::default()))
-                .await
-                .map_err(|e| StartError::Config(format!("log open task failed: {e}")))?
-                .map_err(|source| StartError::Log { group, source })?;
+        let opts = log_options();
+        let (store, report) = tokio::task::spawn_blocking(move || LogStore::open(&gdir, opts))
+            .await
+            .map_err(|e| StartError::Config(format!("log open task failed: {e}")))?
+            .map_err(|source| StartError::Log { group, source })?;
         if let Some(t) = &report.torn_tail {
             warn!(group, file = %t.file.display(), bytes = t.bytes, "cut a torn tail left by a crash");
         }
@@ -130,6 +132,16 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
     info!("stopped");
     drop(dir);
     Ok(())
+}
+
+/// The store settings. With the `fault-injection` feature, environment
+/// switches may replace the filesystem layer (see `fault`).
+fn log_options() -> LogOptions {
+    #[allow(unused_mut)]
+    let mut opts = LogOptions::default();
+    #[cfg(feature = "fault-injection")]
+    fault::apply_to_log(&mut opts);
+    opts
 }
 
 async fn serve_api(

@@ -1,0 +1,143 @@
+//! The runner against real servers: a correct server passes a short
+//! schedule, and servers with a deliberate durability bug are caught.
+//!
+//! These need root (network namespaces, nftables) and a keel binary built
+//! with the test-only feature; they take about a minute, so they are not
+//! part of `cargo test --workspace` and `.ci/run` runs them explicitly:
+//!
+//! ```text
+//! cargo build --release -p keel --features fault-injection
+//! cp target/release/keel target/release/keel-fault
+//! cargo test --release -p keel-chaos --test chaos -- --ignored --test-threads 1
+//! ```
+//!
+//! `KEEL_CHAOS_KEEL_BIN` overrides where the fault build is looked for.
+//! When anything is missing they fail and say what, never skip.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+const RUNNER: &str = env!("CARGO_BIN_EXE_keel-chaos");
+
+fn fault_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("KEEL_CHAOS_KEEL_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/release/keel-fault");
+    assert!(
+        p.is_file(),
+        "no fault-injection build of keel at {}: run \
+         `cargo build --release -p keel --features fault-injection && \
+         cp target/release/keel target/release/keel-fault` (or set KEEL_CHAOS_KEEL_BIN)",
+        p.display()
+    );
+    p
+}
+
+struct Run {
+    code: i32,
+    json: serde_json::Value,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(tag: &str, args: &[&str]) -> Run {
+    let work = std::env::temp_dir().join(format!("keelchaos-test-{tag}-{}", std::process::id()));
+    let json_path = work.join("summary.json");
+    std::fs::create_dir_all(&work).unwrap();
+    let out = Command::new(RUNNER)
+        .arg("--keel-bin")
+        .arg(fault_bin())
+        .arg("--work-dir")
+        .arg(&work)
+        .arg("--summary-json")
+        .arg(&json_path)
+        .args(args)
+        .output()
+        .expect("run keel-chaos");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let code = out.status.code().unwrap_or(-1);
+    assert!(
+        code == 0 || code == 1,
+        "the runner could not run (exit {code}); is this root with nftables installed?\n{stderr}"
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&json_path).expect("the runner wrote its summary"),
+    )
+    .expect("summary is JSON");
+    if code == 0 {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    Run {
+        code,
+        json,
+        stdout,
+        stderr,
+    }
+}
+
+fn total(r: &Run, field: &str) -> u64 {
+    r.json["report"]["total"][field].as_u64().unwrap_or(0)
+}
+
+#[test]
+#[ignore = "needs root, nftables and a fault-injection build of keel; .ci/run runs it"]
+fn a_correct_server_passes_crashes_that_lose_unsynced_writes_and_partitions() {
+    let r = run(
+        "correct",
+        &[
+            "--nemeses",
+            "lose-unsynced-all,partition-leader,lose-unsynced-minority,pause-leader",
+            "--rounds",
+            "1",
+            "--hold",
+            "3s",
+        ],
+    );
+    assert_eq!(
+        r.code, 0,
+        "the checker found violations on a correct server:\n{}\n{}",
+        r.stdout, r.stderr
+    );
+    assert!(
+        total(&r, "acknowledged") > 100,
+        "too little load:\n{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr.contains("un-fsynced data"),
+        "no lost-writes crash ran:\n{}",
+        r.stderr
+    );
+}
+
+#[test]
+#[ignore = "needs root, nftables and a fault-injection build of keel; .ci/run runs it"]
+fn acknowledging_without_fsync_is_caught() {
+    // Every node loses what it did not fsync at once: with fsync skipped,
+    // that is every acknowledged append since the start.
+    let r = run(
+        "skip-fsync",
+        &[
+            "--bug",
+            "skip-fsync",
+            "--nemeses",
+            "lose-unsynced-all",
+            "--rounds",
+            "1",
+            "--hold",
+            "2s",
+        ],
+    );
+    assert_eq!(
+        r.code, 1,
+        "the checker passed a server that skips fsync:\n{}",
+        r.stdout
+    );
+    assert!(
+        total(&r, "lost") > 0,
+        "no acknowledged append reported lost:\n{}",
+        r.stdout
+    );
+}
