@@ -70,6 +70,14 @@ pub struct ClientOptions {
     pub endpoints: Vec<String>,
     /// Overall deadline of one call, retries included.
     pub timeout: Duration,
+    /// How long one attempt at one node may go unanswered. A node that is
+    /// paused (SIGSTOP, a long stall) or cut off keeps its connection open
+    /// and answers nothing; after this long the client turns to the other
+    /// endpoints. A read is retried there; an append that went unanswered
+    /// fails as ambiguous (it may still commit), and the client's next
+    /// calls go to the other endpoints. Default 2 s, well above a commit
+    /// under load.
+    pub attempt_timeout: Duration,
     pub connect_timeout: Duration,
     /// How long a batch waits for more appends before it is sent (0: send
     /// what is queued at once).
@@ -86,6 +94,7 @@ impl Default for ClientOptions {
         ClientOptions {
             endpoints: vec![DEFAULT_ENDPOINT.to_string()],
             timeout: Duration::from_secs(15),
+            attempt_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
             linger: Duration::ZERO,
             max_batch_bytes: 1 << 20,
@@ -101,6 +110,9 @@ struct State {
     target: String,
     next: usize,
     channels: HashMap<String, Channel>,
+    /// Nodes that left an attempt unanswered, until when to pass them by
+    /// when choosing where to turn next.
+    suspect: HashMap<String, Instant>,
 }
 
 struct Core {
@@ -177,6 +189,7 @@ impl Client {
                 endpoints,
                 next: 0,
                 channels: HashMap::new(),
+                suspect: HashMap::new(),
             }),
             opts: opts.clone(),
         });
@@ -422,9 +435,18 @@ impl Core {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Turns to the next endpoint, passing by the suspect ones (unless all
+    /// are).
     fn rotate(&self) {
         let mut st = self.lock();
-        st.next = (st.next + 1) % st.endpoints.len();
+        let now = Instant::now();
+        st.suspect.retain(|_, until| *until > now);
+        for _ in 0..st.endpoints.len() {
+            st.next = (st.next + 1) % st.endpoints.len();
+            if !st.suspect.contains_key(&st.endpoints[st.next]) {
+                break;
+            }
+        }
         st.target = st.endpoints[st.next].clone();
     }
 
@@ -435,6 +457,20 @@ impl Core {
             st.endpoints.push(leader.clone());
         }
         st.target = leader;
+    }
+
+    /// Stops sending to `addr` if it is still the target (another call may
+    /// have moved on already).
+    fn move_on_from(&self, addr: &str) {
+        let until = Instant::now() + 2 * self.opts.attempt_timeout;
+        let moved = {
+            let mut st = self.lock();
+            st.suspect.insert(addr.to_string(), until);
+            st.target != addr
+        };
+        if !moved {
+            self.rotate();
+        }
     }
 
     fn forget(&self, addr: &str) {
@@ -520,16 +556,27 @@ impl Core {
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE);
             let left = deadline.saturating_duration_since(Instant::now());
-            let st = match tokio::time::timeout(left.max(Duration::from_millis(1)), f(c)).await {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(st)) => st,
-                Err(_) if !idempotent => {
-                    return Err(ClientError::Ambiguous(format!(
-                        "{addr} did not answer within {:?}",
-                        self.opts.timeout
-                    )));
+            let wait = left
+                .min(self.opts.attempt_timeout.max(Duration::from_millis(1)))
+                .max(Duration::from_millis(1));
+            let st = match tokio::time::timeout(wait, f(c)).await {
+                Ok(Ok(v)) => {
+                    self.lock().suspect.remove(&addr);
+                    return Ok(v);
                 }
-                Err(_) => Status::deadline_exceeded(format!("{addr} did not answer in time")),
+                Ok(Err(st)) => st,
+                Err(_) => {
+                    // Paused, stalled or cut off: later calls try the
+                    // other endpoints (which name the leader they follow).
+                    self.move_on_from(&addr);
+                    if !idempotent {
+                        return Err(ClientError::Ambiguous(format!(
+                            "{addr} did not answer within {wait:?}; the append may still commit"
+                        )));
+                    }
+                    said = Some(format!("{addr} did not answer within {wait:?}"));
+                    continue;
+                }
             };
             match st.code() {
                 Code::FailedPrecondition => {

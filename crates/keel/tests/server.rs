@@ -575,3 +575,53 @@ fn without_a_quorum_appends_fail_clearly() {
     let o = keel(&["get", "-i", "0", "--timeout", "2s", "--endpoints", &s]);
     assert_eq!(o.status.code(), Some(1));
 }
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) on a child this test spawned and has not reaped.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(rc, 0, "kill failed");
+}
+
+#[test]
+fn a_paused_leader_does_not_stall_clients_for_their_deadline() {
+    let mut c = Cluster::start(3, "pause");
+    let rt = rt();
+    let _enter = rt.enter();
+    let leader = rt.block_on(c.wait_leader(Duration::from_secs(15)));
+    // The default attempt timeout (2 s); an overall deadline far longer
+    // than the test allows, so that only moving on to the other nodes can
+    // pass it.
+    let client = Client::new(ClientOptions {
+        endpoints: c.nodes.iter().map(|n| n.client_addr.clone()).collect(),
+        timeout: Duration::from_secs(30),
+        ..Default::default()
+    })
+    .unwrap();
+    let first = rt.block_on(client.append("before")).unwrap();
+    let pid = c.node(leader).child.as_ref().unwrap().id();
+    signal(pid, libc::SIGSTOP);
+    let t = Instant::now();
+    let mut ambiguous = 0;
+    let off = loop {
+        match rt.block_on(client.append("during")) {
+            Ok(off) => break off,
+            // The call in flight at the paused node: its outcome is
+            // unknown, and the next call goes elsewhere.
+            Err(keel_client::ClientError::Ambiguous(_)) if ambiguous < 3 => ambiguous += 1,
+            Err(e) => {
+                signal(pid, libc::SIGCONT);
+                panic!("append while the leader is paused: {e}\n{}", c.logs());
+            }
+        }
+    };
+    let took = t.elapsed();
+    signal(pid, libc::SIGCONT);
+    assert!(
+        took < Duration::from_secs(8),
+        "the first append after the leader paused took {took:?} ({ambiguous} ambiguous)"
+    );
+    assert!(off > first, "offset {off} after {first}");
+    let new_leader = rt.block_on(c.wait_leader(Duration::from_secs(15)));
+    assert_ne!(new_leader, leader, "a new leader took over");
+    assert_eq!(&rt.block_on(client.get(off)).unwrap()[..], b"during");
+}
