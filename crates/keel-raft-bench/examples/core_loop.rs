@@ -45,7 +45,7 @@ fn main() {
             while n.has_ready() {
                 let rd = n.ready().unwrap();
                 if let Some(id) = rd.persist_id {
-                    n.storage_mut().append(&rd.entries);
+                    n.storage_mut().append_owned(rd.entries);
                     n.on_persisted(id).unwrap();
                 }
                 queue.extend(rd.messages);
