@@ -165,6 +165,7 @@ impl<S: Storage> RaftLog<S> {
         }
         let from = (lo.max(self.persisted + 1) - self.persisted - 1) as usize;
         let to = (hi - self.persisted - 1) as usize;
+        out.reserve(to - from);
         for e in self.unstable.range(from..to) {
             if !out.is_empty() && used + e.len() as u64 > max_bytes {
                 break;
