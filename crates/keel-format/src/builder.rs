@@ -1,14 +1,46 @@
-use bytes::{BufMut, BytesMut};
+use std::cell::RefCell;
+
+use bytes::{Bytes, BytesMut};
 
 use crate::{Batch, EntryKind, FORMAT_VERSION, HEADER_LEN, RECORD_PREFIX_LEN, crc32c};
 
 /// Builds the body of a batch in place, with room for the header reserved at
 /// the front, so that sealing it (when the leader assigns term, index and
 /// base offset) writes the header and the CRC without copying the records.
+///
+/// Small sealed batches are copied into a per-thread slab instead: a batch
+/// is cloned several times on its way through the consensus core, and a
+/// `Bytes` made from its own `Vec` costs two allocations (the buffer and,
+/// at the first clone, the shared reference count), while slices of a slab
+/// share one allocation and one count per [`SLAB_LEN`] bytes.
 #[derive(Debug, Clone)]
 pub struct BatchBuilder {
-    buf: BytesMut,
+    buf: Vec<u8>,
     count: u32,
+}
+
+/// Bytes per slab. A live batch keeps its whole slab allocated, so this
+/// bounds what a long-lived small batch can pin.
+const SLAB_LEN: usize = 16 << 10;
+/// Sealed batches up to this size go to the slab; larger ones keep their
+/// own buffer (the copy would cost more than the allocation saves).
+const SLAB_MAX_BATCH: usize = 1 << 10;
+
+thread_local! {
+    static SLAB: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// Copies `frame` into this thread's slab and returns it as shared bytes.
+fn slab_copy(frame: &[u8]) -> Bytes {
+    SLAB.with(|slab| {
+        let mut slab = slab.borrow_mut();
+        if slab.capacity() < frame.len() {
+            // The old slab's tail is dropped; its batches keep it alive.
+            *slab = BytesMut::with_capacity(SLAB_LEN);
+        }
+        slab.extend_from_slice(frame);
+        slab.split_to(frame.len()).freeze()
+    })
 }
 
 impl Default for BatchBuilder {
@@ -24,8 +56,8 @@ impl BatchBuilder {
 
     /// `body_capacity` is the expected bytes of records (prefixes included).
     pub fn with_capacity(body_capacity: usize) -> Self {
-        let mut buf = BytesMut::with_capacity(HEADER_LEN + body_capacity);
-        buf.put_bytes(0, HEADER_LEN);
+        let mut buf = Vec::with_capacity(HEADER_LEN + body_capacity);
+        buf.resize(HEADER_LEN, 0);
         BatchBuilder { buf, count: 0 }
     }
 
@@ -40,13 +72,13 @@ impl BatchBuilder {
     /// callers bound far lower (the record size limit).
     pub fn push(&mut self, payload: &[u8]) {
         let len = u32::try_from(payload.len()).expect("a record is bounded far below 4 GiB");
-        self.buf.put_u32_le(len);
-        self.buf.put_slice(payload);
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        self.buf.extend_from_slice(payload);
         self.count += 1;
     }
 
     pub(crate) fn push_raw_body(&mut self, body: &[u8]) {
-        self.buf.put_slice(body);
+        self.buf.extend_from_slice(body);
     }
 
     pub fn record_count(&self) -> u32 {
@@ -92,6 +124,11 @@ impl BatchBuilder {
         h[40..48].copy_from_slice(&timestamp.to_le_bytes());
         let crc = crc32c(&self.buf[8..]);
         self.buf[4..8].copy_from_slice(&crc.to_le_bytes());
-        Batch::from_encoded(self.buf.freeze())
+        let frame = if self.buf.len() <= SLAB_MAX_BATCH {
+            slab_copy(&self.buf)
+        } else {
+            Bytes::from(self.buf)
+        };
+        Batch::from_encoded(frame)
     }
 }
