@@ -8,39 +8,52 @@ use crate::{Batch, EntryKind, FORMAT_VERSION, HEADER_LEN, RECORD_PREFIX_LEN, crc
 /// the front, so that sealing it (when the leader assigns term, index and
 /// base offset) writes the header and the CRC without copying the records.
 ///
-/// Small sealed batches are copied into a per-thread slab instead: a batch
-/// is cloned several times on its way through the consensus core, and a
+/// Small batches are built in a piece of a per-thread slab: a batch is
+/// cloned several times on its way through the consensus core, and a
 /// `Bytes` made from its own `Vec` costs two allocations (the buffer and,
-/// at the first clone, the shared reference count), while slices of a slab
-/// share one allocation and one count per [`SLAB_LEN`] bytes.
-#[derive(Debug, Clone)]
+/// at the first clone, the shared reference count), while pieces of a slab
+/// share one allocation and one count per [`SLAB_LEN`] bytes. A small batch
+/// that outgrew its piece is copied into the slab when sealed.
+#[derive(Debug)]
 pub struct BatchBuilder {
-    buf: Vec<u8>,
+    buf: BytesMut,
     count: u32,
+    /// `buf` is not a slab piece (it grew, or was cloned).
+    own_buf: bool,
 }
 
 /// Bytes per slab. A live batch keeps its whole slab allocated, so this
 /// bounds what a long-lived small batch can pin.
 const SLAB_LEN: usize = 16 << 10;
-/// Sealed batches up to this size go to the slab; larger ones keep their
-/// own buffer (the copy would cost more than the allocation saves).
+/// Batches up to this size are built in (or copied to) the slab; larger
+/// ones keep their own buffer.
 const SLAB_MAX_BATCH: usize = 1 << 10;
 
 thread_local! {
     static SLAB: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
-/// Copies `frame` into this thread's slab and returns it as shared bytes.
-fn slab_copy(frame: &[u8]) -> Bytes {
+/// An empty buffer of capacity `n` carved from this thread's slab.
+fn slab_piece(n: usize) -> BytesMut {
     SLAB.with(|slab| {
         let mut slab = slab.borrow_mut();
-        if slab.capacity() < frame.len() {
+        if slab.capacity() < n {
             // The old slab's tail is dropped; its batches keep it alive.
             *slab = BytesMut::with_capacity(SLAB_LEN);
         }
-        slab.extend_from_slice(frame);
-        slab.split_to(frame.len()).freeze()
+        let rest = slab.split_off(n);
+        std::mem::replace(&mut *slab, rest)
     })
+}
+
+impl Clone for BatchBuilder {
+    fn clone(&self) -> Self {
+        BatchBuilder {
+            buf: self.buf.clone(),
+            count: self.count,
+            own_buf: true,
+        }
+    }
 }
 
 impl Default for BatchBuilder {
@@ -56,9 +69,18 @@ impl BatchBuilder {
 
     /// `body_capacity` is the expected bytes of records (prefixes included).
     pub fn with_capacity(body_capacity: usize) -> Self {
-        let mut buf = Vec::with_capacity(HEADER_LEN + body_capacity);
-        buf.resize(HEADER_LEN, 0);
-        BatchBuilder { buf, count: 0 }
+        let cap = HEADER_LEN.saturating_add(body_capacity);
+        let (mut buf, own_buf) = if cap <= SLAB_MAX_BATCH {
+            (slab_piece(cap), false)
+        } else {
+            (BytesMut::with_capacity(cap), true)
+        };
+        buf.extend_from_slice(&[0u8; HEADER_LEN]);
+        BatchBuilder {
+            buf,
+            count: 0,
+            own_buf,
+        }
     }
 
     /// Builds a data batch body holding one record.
@@ -72,13 +94,25 @@ impl BatchBuilder {
     /// callers bound far lower (the record size limit).
     pub fn push(&mut self, payload: &[u8]) {
         let len = u32::try_from(payload.len()).expect("a record is bounded far below 4 GiB");
+        self.grow_for(RECORD_PREFIX_LEN + payload.len());
         self.buf.extend_from_slice(&len.to_le_bytes());
         self.buf.extend_from_slice(payload);
         self.count += 1;
     }
 
     pub(crate) fn push_raw_body(&mut self, body: &[u8]) {
+        self.grow_for(body.len());
         self.buf.extend_from_slice(body);
+    }
+
+    /// Makes room for `n` more bytes; a slab piece that must grow leaves
+    /// the slab (growing in place could reach into a neighbour's bytes, so
+    /// `BytesMut` copies it to a buffer of its own).
+    fn grow_for(&mut self, n: usize) {
+        if self.buf.capacity() - self.buf.len() < n {
+            self.buf.reserve(n.max(self.buf.len()));
+            self.own_buf = true;
+        }
     }
 
     pub fn record_count(&self) -> u32 {
@@ -124,10 +158,12 @@ impl BatchBuilder {
         h[40..48].copy_from_slice(&timestamp.to_le_bytes());
         let crc = crc32c(&self.buf[8..]);
         self.buf[4..8].copy_from_slice(&crc.to_le_bytes());
-        let frame = if self.buf.len() <= SLAB_MAX_BATCH {
-            slab_copy(&self.buf)
+        let frame: Bytes = if self.own_buf && self.buf.len() <= SLAB_MAX_BATCH {
+            let mut piece = slab_piece(self.buf.len());
+            piece.extend_from_slice(&self.buf);
+            piece.freeze()
         } else {
-            Bytes::from(self.buf)
+            self.buf.freeze()
         };
         Batch::from_encoded(frame)
     }
