@@ -153,6 +153,24 @@ proptest! {
 }
 
 #[test]
+fn crc32c_matches_the_crate_at_every_short_length() {
+    let data: Vec<u8> = (0..300u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    for start in 0..8 {
+        for end in start..data.len() {
+            let s = &data[start..end];
+            assert_eq!(
+                crate::crc32c(s),
+                ::crc32c::crc32c(s),
+                "bytes {start}..{end}"
+            );
+        }
+    }
+    assert_eq!(crate::crc32c(b"123456789"), 0xe306_9283);
+}
+
+#[test]
 fn builders_in_the_slab_stay_apart() {
     // Many small batches (several slabs' worth), some grown past their
     // piece, some cloned before sealing: each must decode to what was
