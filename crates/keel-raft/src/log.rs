@@ -215,9 +215,13 @@ impl<S: Storage> RaftLog<S> {
             .position(|e| !self.match_term(e.index(), e.term()))?;
         let first = entries[pos].index();
         self.truncate_from(first);
-        for e in entries.drain(pos..) {
-            self.append_new(e);
-        }
+        debug_assert_eq!(first, self.last_index() + 1);
+        // Contiguous and in term order (`check_incoming`): append in bulk.
+        let last = entries.last().expect("pos is within entries");
+        self.last_term = last.term();
+        self.next_offset = last.end_offset();
+        self.mem_bytes += entries[pos..].iter().map(|e| e.len() as u64).sum::<u64>();
+        self.mem.extend(entries.drain(pos..));
         Some(first)
     }
 
@@ -327,19 +331,25 @@ impl<S: Storage> RaftLog<S> {
         }
         // The rest leaves the window: moved, not copied.
         debug_assert_eq!(self.applied + 1, self.mem_first);
-        let n = (hi - self.applied) as usize;
-        out.reserve(n.min(self.mem.len()));
-        for _ in 0..n {
-            let len = self.mem.front().expect("durable entries are in mem").len() as u64;
-            if !out.is_empty() && used + len > max_bytes {
+        let avail = (hi - self.applied) as usize;
+        debug_assert!(avail <= self.mem.len(), "durable entries are in mem");
+        let (mut n, from_storage) = (0, out.len());
+        let mut moved = 0u64;
+        for e in self.mem.range(..avail) {
+            let len = e.len() as u64;
+            if n + from_storage > 0 && used + moved + len > max_bytes {
                 break;
             }
-            let e = self.mem.pop_front().expect("checked above");
-            used += len;
-            self.mem_bytes -= len;
-            self.mem_first += 1;
-            self.applied += 1;
-            out.push(e);
+            moved += len;
+            n += 1;
+        }
+        self.mem_bytes -= moved;
+        self.mem_first += n as Index;
+        self.applied += n as Index;
+        if out.is_empty() {
+            out = self.mem.drain(..n).collect();
+        } else {
+            out.extend(self.mem.drain(..n));
         }
         Ok(out)
     }
