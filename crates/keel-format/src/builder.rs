@@ -105,12 +105,20 @@ impl BatchBuilder {
         self.buf.extend_from_slice(body);
     }
 
-    /// Makes room for `n` more bytes; a slab piece that must grow leaves
-    /// the slab (growing in place could reach into a neighbour's bytes, so
-    /// `BytesMut` copies it to a buffer of its own).
+    /// Makes room for `n` more bytes. A slab piece that must grow moves to
+    /// a buffer of its own, sized here: `BytesMut::reserve` on a shared
+    /// buffer would allocate at least the whole slab's capacity.
     fn grow_for(&mut self, n: usize) {
-        if self.buf.capacity() - self.buf.len() < n {
-            self.buf.reserve(n.max(self.buf.len()));
+        if self.buf.capacity() - self.buf.len() >= n {
+            return;
+        }
+        if self.own_buf {
+            self.buf.reserve(n);
+        } else {
+            let len = self.buf.len();
+            let mut own = BytesMut::with_capacity((len + n).max(2 * len));
+            own.extend_from_slice(&self.buf);
+            self.buf = own;
             self.own_buf = true;
         }
     }
