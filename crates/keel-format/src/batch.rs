@@ -17,6 +17,7 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
+    #[inline]
     pub fn from_u8(v: u8) -> Result<Self, FormatError> {
         Ok(match v {
             0 => EntryKind::Data,
@@ -46,14 +47,17 @@ pub struct BatchHeader {
     pub timestamp: u64,
 }
 
+#[inline]
 fn le_u16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
+#[inline]
 fn le_u32(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[at..at + 4]);
     u32::from_le_bytes(a)
 }
+#[inline]
 fn le_u64(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
@@ -218,41 +222,53 @@ impl Batch {
         b.seal(kind, term, index, next_offset, timestamp)
     }
 
+    #[inline]
     pub fn as_bytes(&self) -> &Bytes {
         &self.frame
     }
+    #[inline]
     pub fn into_bytes(self) -> Bytes {
         self.frame
     }
     #[allow(clippy::len_without_is_empty)]
+    #[inline]
     pub fn len(&self) -> usize {
         self.frame.len()
     }
+    #[inline]
     pub fn crc(&self) -> u32 {
         le_u32(&self.frame, 4)
     }
+    #[inline]
     pub fn kind(&self) -> EntryKind {
         // The kind byte was validated on construction.
         EntryKind::from_u8(self.frame[9]).unwrap_or(EntryKind::Data)
     }
+    #[inline]
     pub fn record_count(&self) -> u32 {
         le_u32(&self.frame, 12)
     }
+    #[inline]
     pub fn term(&self) -> u64 {
         le_u64(&self.frame, 16)
     }
+    #[inline]
     pub fn index(&self) -> u64 {
         le_u64(&self.frame, 24)
     }
+    #[inline]
     pub fn base_offset(&self) -> u64 {
         le_u64(&self.frame, 32)
     }
+    #[inline]
     pub fn end_offset(&self) -> u64 {
         self.base_offset() + self.record_count() as u64
     }
+    #[inline]
     pub fn timestamp(&self) -> u64 {
         le_u64(&self.frame, 40)
     }
+    #[inline]
     pub fn body(&self) -> Bytes {
         self.frame.slice(HEADER_LEN..)
     }

@@ -1,9 +1,17 @@
 //! The raft log as the core sees it: the durable part read through
-//! [`Storage`], and the part not yet reported durable kept in memory.
+//! [`Storage`], and a window of recent entries kept in memory: every entry
+//! not yet reported durable, and the durable ones not yet applied (while
+//! the window holds at most [`RETAIN_BYTES`]), so that committed entries are
+//! handed out for applying by moving them out of the window rather than by
+//! reading storage back.
 //!
 //! Invariants (checked in debug builds, relied on everywhere):
-//! - `unstable` holds exactly the entries `persisted + 1 ..= last_index()`;
-//!   everything at or below `persisted` is readable from storage.
+//! - `mem` holds exactly the entries `mem_first ..= last_index()`, with
+//!   `applied < mem_first <= persisted + 1`: everything unpersisted is in
+//!   memory, nothing applied is; everything at or below `persisted` is
+//!   readable from storage (the window's copies of those are the same
+//!   entries).
+//! - `mem_bytes` is the byte size of the window's entries.
 //! - `handed_out <= last_index()`: entries above it have not yet been given
 //!   to the driver to persist.
 //! - `applied <= committed`, and `applied <= persisted` (a node applies only
@@ -17,9 +25,18 @@ use crate::error::StorageError;
 use crate::storage::Storage;
 use crate::types::{Index, Term};
 
+/// Past this many bytes in the window, its oldest durable entries are left
+/// to storage (applying reads them back). Small in unit tests, so that
+/// they take both paths.
+const RETAIN_BYTES: u64 = if cfg!(test) { 1 << 10 } else { 64 << 20 };
+
 pub(crate) struct RaftLog<S> {
     pub(crate) storage: S,
-    unstable: VecDeque<Entry>,
+    /// The entries `mem_first ..= last_index()`.
+    mem: VecDeque<Entry>,
+    mem_first: Index,
+    /// Bytes of the entries of `mem`.
+    mem_bytes: u64,
     persisted: Index,
     handed_out: Index,
     /// (persist id, last index after that write), oldest first.
@@ -55,7 +72,9 @@ impl<S: Storage> RaftLog<S> {
         let snapshot_point = (snapshot_index, storage.term(snapshot_index)?);
         Ok(RaftLog {
             storage,
-            unstable: VecDeque::new(),
+            mem: VecDeque::new(),
+            mem_first: last + 1,
+            mem_bytes: 0,
             persisted: last,
             handed_out: last,
             pending: VecDeque::new(),
@@ -70,7 +89,9 @@ impl<S: Storage> RaftLog<S> {
     /// A snapshot was installed: the log is now empty right after it. Writes
     /// still in flight vouch for nothing any more.
     pub(crate) fn reset_to_snapshot(&mut self, index: Index, term: Term, next_offset: u64) {
-        self.unstable.clear();
+        self.mem.clear();
+        self.mem_first = index + 1;
+        self.mem_bytes = 0;
         self.pending.clear();
         self.persisted = index;
         self.handed_out = index;
@@ -86,7 +107,7 @@ impl<S: Storage> RaftLog<S> {
     }
 
     pub(crate) fn last_index(&self) -> Index {
-        self.persisted + self.unstable.len() as Index
+        self.mem_first + self.mem.len() as Index - 1
     }
 
     pub(crate) fn last_term(&self) -> Term {
@@ -112,8 +133,8 @@ impl<S: Storage> RaftLog<S> {
     }
 
     pub(crate) fn term(&self, index: Index) -> Result<Term, StorageError> {
-        if index > self.persisted {
-            return match self.unstable.get((index - self.persisted - 1) as usize) {
+        if index >= self.mem_first {
+            return match self.mem.get((index - self.mem_first) as usize) {
                 Some(e) => Ok(e.term()),
                 None => Err(StorageError::Unavailable(index)),
             };
@@ -152,20 +173,21 @@ impl<S: Storage> RaftLog<S> {
         }
         let mut out = Vec::new();
         let mut used = 0u64;
-        if lo <= self.persisted {
-            let stable_hi = hi.min(self.persisted + 1);
+        if lo < self.mem_first {
+            let stable_hi = hi.min(self.mem_first);
             out = self.storage.entries(lo, stable_hi, max_bytes)?;
             if (out.len() as u64) < stable_hi - lo {
                 return Ok(out); // the byte budget ran out in storage
             }
             used = out.iter().map(|e| e.len() as u64).sum();
-            if hi <= self.persisted + 1 {
+            if hi <= self.mem_first {
                 return Ok(out);
             }
         }
-        let from = (lo.max(self.persisted + 1) - self.persisted - 1) as usize;
-        let to = (hi - self.persisted - 1) as usize;
-        for e in self.unstable.range(from..to) {
+        let from = (lo.max(self.mem_first) - self.mem_first) as usize;
+        let to = (hi - self.mem_first) as usize;
+        out.reserve(to - from);
+        for e in self.mem.range(from..to) {
             if !out.is_empty() && used + e.len() as u64 > max_bytes {
                 break;
             }
@@ -180,7 +202,8 @@ impl<S: Storage> RaftLog<S> {
         debug_assert_eq!(entry.index(), self.last_index() + 1);
         self.last_term = entry.term();
         self.next_offset = entry.end_offset();
-        self.unstable.push_back(entry);
+        self.mem_bytes += entry.len() as u64;
+        self.mem.push_back(entry);
     }
 
     /// Follower side of AppendEntries once `prev` matched: skips entries we
@@ -192,9 +215,13 @@ impl<S: Storage> RaftLog<S> {
             .position(|e| !self.match_term(e.index(), e.term()))?;
         let first = entries[pos].index();
         self.truncate_from(first);
-        for e in entries.drain(pos..) {
-            self.append_new(e);
-        }
+        debug_assert_eq!(first, self.last_index() + 1);
+        // Contiguous and in term order (`check_incoming`): append in bulk.
+        let last = entries.last().expect("pos is within entries");
+        self.last_term = last.term();
+        self.next_offset = last.end_offset();
+        self.mem_bytes += entries[pos..].iter().map(|e| e.len() as u64).sum::<u64>();
+        self.mem.extend(entries.drain(pos..));
         Some(first)
     }
 
@@ -207,12 +234,18 @@ impl<S: Storage> RaftLog<S> {
         for p in self.pending.iter_mut() {
             p.1 = p.1.min(index - 1);
         }
-        if index <= self.persisted {
-            self.unstable.clear();
-            self.persisted = index - 1;
+        self.persisted = self.persisted.min(index - 1);
+        let keep = index.saturating_sub(self.mem_first) as usize;
+        self.mem_bytes -= self
+            .mem
+            .range(keep.min(self.mem.len())..)
+            .map(|e| e.len() as u64)
+            .sum::<u64>();
+        if index <= self.mem_first {
+            self.mem.clear();
+            self.mem_first = index;
         } else {
-            self.unstable
-                .truncate((index - self.persisted - 1) as usize);
+            self.mem.truncate(keep);
         }
         self.handed_out = self.handed_out.min(index - 1);
         // The caller appends at least one entry right away, which resets
@@ -226,8 +259,8 @@ impl<S: Storage> RaftLog<S> {
         if self.handed_out >= last {
             return Vec::new();
         }
-        let from = (self.handed_out - self.persisted) as usize;
-        let out: Vec<Entry> = self.unstable.range(from..).cloned().collect();
+        let from = (self.handed_out + 1 - self.mem_first) as usize;
+        let out: Vec<Entry> = self.mem.range(from..).cloned().collect();
         self.handed_out = last;
         out
     }
@@ -251,9 +284,14 @@ impl<S: Storage> RaftLog<S> {
         if let Some(last) = upto {
             debug_assert!(last >= self.persisted, "persisted index moved back");
             if last > self.persisted {
-                let n = (last - self.persisted) as usize;
-                self.unstable.drain(..n.min(self.unstable.len()));
                 self.persisted = last;
+                // Past the budget, the oldest durable entries are left to
+                // storage (applying reads them back).
+                while self.mem_bytes > RETAIN_BYTES && self.mem_first <= self.persisted {
+                    let e = self.mem.pop_front().expect("durable entries are in mem");
+                    self.mem_bytes -= e.len() as u64;
+                    self.mem_first += 1;
+                }
             }
         }
         self.persisted
@@ -276,8 +314,43 @@ impl<S: Storage> RaftLog<S> {
         if self.applied >= hi {
             return Ok(Vec::new());
         }
-        let out = self.slice(self.applied + 1, hi + 1, max_bytes)?;
-        self.applied += out.len() as Index;
+        let mut out = Vec::new();
+        let mut used = 0u64;
+        if self.applied + 1 < self.mem_first {
+            // Left to storage (after a restart, or past the window's budget).
+            let stable_hi = (hi + 1).min(self.mem_first);
+            out = self.slice(self.applied + 1, stable_hi, max_bytes)?;
+            self.applied += out.len() as Index;
+            if self.applied + 1 < stable_hi {
+                return Ok(out); // the byte budget ran out
+            }
+            if self.applied >= hi {
+                return Ok(out);
+            }
+            used = out.iter().map(|e| e.len() as u64).sum();
+        }
+        // The rest leaves the window: moved, not copied.
+        debug_assert_eq!(self.applied + 1, self.mem_first);
+        let avail = (hi - self.applied) as usize;
+        debug_assert!(avail <= self.mem.len(), "durable entries are in mem");
+        let (mut n, from_storage) = (0, out.len());
+        let mut moved = 0u64;
+        for e in self.mem.range(..avail) {
+            let len = e.len() as u64;
+            if n + from_storage > 0 && used + moved + len > max_bytes {
+                break;
+            }
+            moved += len;
+            n += 1;
+        }
+        self.mem_bytes -= moved;
+        self.mem_first += n as Index;
+        self.applied += n as Index;
+        if out.is_empty() {
+            out = self.mem.drain(..n).collect();
+        } else {
+            out.extend(self.mem.drain(..n));
+        }
         Ok(out)
     }
 
@@ -360,8 +433,65 @@ impl<S: Storage> RaftLog<S> {
         debug_assert!(self.applied <= self.committed);
         debug_assert!(self.applied <= self.persisted);
         debug_assert!(self.committed <= self.last_index());
-        if let Some(e) = self.unstable.front() {
-            debug_assert_eq!(e.index(), self.persisted + 1);
+        debug_assert!(self.applied < self.mem_first);
+        debug_assert!(self.mem_first <= self.persisted + 1);
+        if let Some(e) = self.mem.front() {
+            debug_assert_eq!(e.index(), self.mem_first);
         }
+        debug_assert_eq!(
+            self.mem_bytes,
+            self.mem.iter().map(|e| e.len() as u64).sum::<u64>()
+        );
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+    use crate::storage::MemStorage;
+    use keel_format::{BatchBuilder, EntryKind};
+
+    fn entry(index: Index) -> Entry {
+        BatchBuilder::single(&index.to_le_bytes()).seal(EntryKind::Data, 1, index, index - 1, 0)
+    }
+
+    fn check(log: &RaftLog<MemStorage>) {
+        #[cfg(debug_assertions)]
+        log.check_invariants();
+        let _ = log;
+    }
+
+    /// Entries applied come out in order whether the window still holds
+    /// them or left them to storage past its budget.
+    #[test]
+    fn committed_entries_come_from_the_window_or_storage() {
+        let mut log = RaftLog::new(MemStorage::new(), 0).unwrap();
+        for i in 1..=100 {
+            log.append_new(entry(i));
+        }
+        let handed = log.take_unhanded();
+        assert_eq!(handed.len(), 100);
+        log.record_persist(1);
+        log.storage.append_owned(handed);
+        assert_eq!(log.on_persisted(1), 100);
+        assert!(
+            log.mem_first > 1,
+            "past the budget, old entries leave the window"
+        );
+        assert!(log.mem_bytes <= RETAIN_BYTES);
+        check(&log);
+        log.commit_to(100);
+        let mut got = Vec::new();
+        while log.has_committed_to_apply() {
+            let batch = log.take_committed(300).unwrap();
+            assert!(!batch.is_empty());
+            got.extend(batch);
+            check(&log);
+        }
+        let indexes: Vec<Index> = got.iter().map(|e| e.index()).collect();
+        assert_eq!(indexes, (1..=100).collect::<Vec<_>>());
+        assert_eq!(got, log.storage.all());
+        assert!(log.mem.is_empty());
+        assert_eq!(log.mem_bytes, 0);
     }
 }
