@@ -582,8 +582,9 @@ impl LogStore {
     /// group commit (so that a driver learns of durability without one
     /// waiter per append). It runs on the thread that performed the group
     /// commit: the writer thread, or a caller of the blocking path leading
-    /// it. Keep it short and non-blocking: it runs on the write path, before
-    /// the next group commit can start.
+    /// it, before the commit's completions fire (a woken waiter finds the
+    /// callback already called). Keep it short and non-blocking: it runs on
+    /// the write path, before the next group commit can start.
     pub fn set_durable_callback(&self, f: impl Fn(u64) + Send + Sync + 'static) {
         *self
             .shared

@@ -604,12 +604,14 @@ impl Writer {
             }
             durable
         };
+        // The callback first: whoever a completion wakes may rely on the
+        // driver having heard of this durability already.
+        self.sh.notify_durable(durable);
         for mut op in ops {
             if let Some(done) = op.done.take() {
                 done.complete(Ok(op.result));
             }
         }
-        self.sh.notify_durable(durable);
     }
 
     fn finish_failed(&mut self, ops: Vec<Op>, cause: Arc<LogError>) {
@@ -695,6 +697,7 @@ impl Writer {
         }
         match rebuilt {
             Ok(durable) => {
+                self.sh.notify_durable(durable);
                 let rest = ops.split_off(k);
                 for mut op in ops {
                     if let Some(done) = op.done.take() {
@@ -706,7 +709,6 @@ impl Writer {
                         done.complete(Err(LogError::NoSpace { path: path.clone() }));
                     }
                 }
-                self.sh.notify_durable(durable);
             }
             Err(e) => {
                 error!(error = %e, "could not rebuild the index after ENOSPC");
