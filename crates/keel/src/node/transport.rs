@@ -155,7 +155,9 @@ async fn outbound(
             }
             Err(DialError::Refused(reason)) => {
                 error!(peer = to, addr = %addr, reason = %reason, "peer refused our connection");
-                backoff = Duration::from_secs(2);
+                // A configuration error, not a network one: no hurry.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
             }
             Err(DialError::Other(e)) => {
                 failures += 1;
@@ -167,8 +169,51 @@ async fn outbound(
             }
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff = (backoff * 2).min(MAX_DIAL_BACKOFF);
     }
+}
+
+/// Longest pause between two dials of an unreachable peer. Short, because
+/// a partition that heals costs up to one dial timeout plus this before
+/// the peers talk again; a dial is one SYN, so redialing is cheap.
+const MAX_DIAL_BACKOFF: Duration = Duration::from_millis(250);
+/// How long one dial may wait for the peer's SYN-ACK: far above a round
+/// trip between members of one cluster (its election timeout is hundreds
+/// of milliseconds), under the kernel's first SYN retransmission (1 s), so
+/// a dial that went out into a partition is given up soon after it heals.
+const DIAL_TIMEOUT: Duration = Duration::from_millis(400);
+/// Data written to a peer and not acknowledged for this long closes the
+/// connection (TCP_USER_TIMEOUT). Without it a connection whose packets a
+/// partition drops stays open, and once the partition heals traffic waits
+/// for TCP's retransmission back-off (seconds after a few seconds' cut);
+/// with it the writer gives up and redials, and a fresh connection carries
+/// traffic as soon as the path is back. Raft resends whatever was lost.
+const PEER_USER_TIMEOUT_MS: u32 = 1000;
+
+/// Sets TCP_USER_TIMEOUT on a peer socket (Linux); elsewhere a no-op.
+fn set_user_timeout(s: &TcpStream) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let ms: libc::c_uint = PEER_USER_TIMEOUT_MS;
+        // SAFETY: setsockopt on a socket this process owns, with a pointer
+        // to a live c_uint and its exact size.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_USER_TIMEOUT,
+                (&ms as *const libc::c_uint).cast(),
+                std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = s;
+    Ok(())
 }
 
 enum DialError {
@@ -178,11 +223,12 @@ enum DialError {
 
 async fn dial(ctx: &PeerContext, to: NodeId, addr: &str) -> Result<TcpStream, DialError> {
     let other = |e: &dyn std::fmt::Display| DialError::Other(e.to_string());
-    let mut s = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr))
+    let mut s = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr))
         .await
-        .map_err(|_| DialError::Other("connect timed out".into()))?
+        .map_err(|_| DialError::Other(format!("no answer to connect within {DIAL_TIMEOUT:?}")))?
         .map_err(|e| other(&e))?;
     s.set_nodelay(true).map_err(|e| other(&e))?;
+    set_user_timeout(&s).map_err(|e| other(&format!("TCP_USER_TIMEOUT: {e}")))?;
     let hello = frame::encode_hello(&Hello {
         cluster: ctx.cluster,
         from: ctx.me,
