@@ -625,3 +625,64 @@ fn a_paused_leader_does_not_stall_clients_for_their_deadline() {
     assert_ne!(new_leader, leader, "a new leader took over");
     assert_eq!(&rt.block_on(client.get(off)).unwrap()[..], b"during");
 }
+
+/// Handshakes with `node` as peer `from`; returns the connection once the
+/// node accepted it.
+fn handshake_as(node: &Node, cluster: u64, from: u64) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(&node.peer_addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let hello = keel::node::frame::encode_hello(&keel::node::frame::Hello {
+        cluster,
+        from,
+        to: node.id,
+        client_addr: "127.0.0.1:1".into(),
+    });
+    s.write_all(&hello).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+    s.read_exact(&mut body).unwrap();
+    let reply = keel::node::frame::decode_reply(Bytes::from(body)).unwrap();
+    assert!(
+        matches!(reply, keel::node::frame::HelloReply::Accepted { .. }),
+        "{reply:?}"
+    );
+    s
+}
+
+#[test]
+fn a_peer_that_connects_again_retires_its_old_connection() {
+    // A partition can leave a peer's old connection open here with no FIN
+    // ever to come; the peer dials anew only after giving the old one up,
+    // so its new handshake must end the old connection rather than leave
+    // one more reader behind for every partition.
+    let mut c = Cluster::new(2, "redial", &[]);
+    c.node(1).start();
+    let n = &c.nodes[0];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let cluster = loop {
+        let log = n.log();
+        if let Some(i) = log.find("cluster=") {
+            let hex: String = log[i + 8..].chars().take(16).collect();
+            break u64::from_str_radix(&hex, 16).unwrap();
+        }
+        assert!(Instant::now() < deadline, "node 1 did not start:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut old = handshake_as(n, cluster, 2);
+    let mut new = handshake_as(n, cluster, 2);
+    let mut buf = [0u8; 16];
+    match old.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the old connection was not closed: {other:?}"),
+    }
+    new.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    match new.read(&mut buf) {
+        Err(e)
+            if e.kind() == std::io::ErrorKind::WouldBlock
+                || e.kind() == std::io::ErrorKind::TimedOut => {}
+        other => panic!("the new connection did not stay open: {other:?}"),
+    }
+}

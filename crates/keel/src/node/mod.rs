@@ -66,6 +66,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
         addrs: addrs.clone(),
         router: router.clone(),
         metrics: registry.clone(),
+        inbound: Default::default(),
     });
     let transport = Transport::start(ctx.clone());
 

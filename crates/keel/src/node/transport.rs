@@ -89,6 +89,11 @@ pub struct PeerContext {
     pub addrs: Arc<AddrBook>,
     pub router: Arc<Router>,
     pub metrics: Arc<Registry>,
+    /// The live inbound connection of each peer, by a token that ends it.
+    /// A peer dials anew only once its previous connection failed on its
+    /// side, so a new handshake from it retires the old connection here,
+    /// which a partition may have left open with no FIN ever to come.
+    pub inbound: std::sync::Mutex<HashMap<NodeId, tokio::sync::oneshot::Sender<()>>>,
 }
 
 /// The sending side: one queue per peer, drained by that peer's writer.
@@ -366,9 +371,24 @@ async fn inbound(ctx: &PeerContext, mut sock: TcpStream, remote: &str) -> Result
     let from = hello.from;
     ctx.addrs.set(from, hello.client_addr);
     debug!(peer = from, remote, "accepted peer connection");
+    let (retire, mut retired) = tokio::sync::oneshot::channel();
+    // Dropping the old sender ends the old connection's loop.
+    drop(
+        ctx.inbound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(from, retire),
+    );
     let m = &ctx.metrics.transport;
     loop {
-        let payload = match frame::read_frame(&mut sock, &mut buf, frame::MAX_FRAME).await {
+        let read = tokio::select! {
+            r = frame::read_frame(&mut sock, &mut buf, frame::MAX_FRAME) => r,
+            _ = &mut retired => {
+                debug!(peer = from, "the peer connected again: dropping its old connection");
+                return Ok(());
+            }
+        };
+        let payload = match read {
             Ok(p) => p,
             Err(FrameError::Closed) => {
                 debug!(peer = from, "peer closed its connection");
