@@ -617,7 +617,7 @@ fn large(a: &Args) {
         }
         sample(a, line);
     }
-    print_large(&l, a.append_mib);
+    print_large(&l, Some(a.append_mib));
     if let Some((kdir, _rdir, engine)) = read_dirs {
         let k = keel_read(kdir.path());
         let r = raft_engine_read(&engine);
@@ -629,13 +629,10 @@ fn large(a: &Args) {
     }
 }
 
-/// `unit`: the size of one append in MiB (0: not known, from `--report`).
-fn print_large(l: &Large, unit: usize) {
-    let unit = if unit == 0 {
-        "large".to_string()
-    } else {
-        format!("{unit} MiB")
-    };
+/// `unit`: the size of one append in MiB (`None` from `--report`: the
+/// samples file does not record it).
+fn print_large(l: &Large, unit: Option<usize>) {
+    let unit = unit.map_or_else(|| "large".to_string(), |u| format!("{u} MiB"));
     let fmt_range = |v: &[f64]| {
         let lo = v.iter().copied().fold(f64::MAX, f64::min);
         let hi = v.iter().copied().fold(0.0, f64::max);
@@ -725,5 +722,5 @@ fn report(path: &Path) {
         l.raw_each.len()
     );
     print_small(&points2, ks2, rs2);
-    print_large(&l, 0);
+    print_large(&l, None);
 }
