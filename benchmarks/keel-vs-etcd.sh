@@ -9,6 +9,7 @@
 #
 #   benchmarks/keel-vs-etcd.sh                # 3 rounds of 10 s points
 #   ROUNDS=2 DURATION=5s benchmarks/keel-vs-etcd.sh
+#   BENCH_ARGS="--threads 2 --conns 4" benchmarks/keel-vs-etcd.sh   # another load generator shape, for both
 #
 # Installs Debian's etcd-server and etcd-client (apt-get) if etcd is
 # missing. Data goes under target/ (the repository's disk) unless
@@ -22,6 +23,8 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-1s}
 SIZE=${SIZE:-1024}
 CLIENTS=${CLIENTS:-"1 64"}
+# Extra `keel bench` flags, the same for both systems (e.g. --threads, --conns).
+BENCH_ARGS=${BENCH_ARGS:-}
 
 if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
     echo "== installing etcd-server and etcd-client (Debian)"
@@ -112,13 +115,13 @@ start_keel() {
 bench() { # target endpoints clients round
     local out
     out=$("$KEEL" bench --target "$1" --endpoints "$2" --clients "$3" --size "$SIZE" \
-        --duration "$DURATION" --warmup "$WARMUP" --output json)
+        --duration "$DURATION" --warmup "$WARMUP" $BENCH_ARGS --output json)
     echo "$out" | python3 -c 'import json,sys; d=json.load(sys.stdin); d["round"]=int(sys.argv[1]); print(json.dumps(d))' "$4" >>"$RESULTS"
     echo "$out" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("   %-4s %3d clients: %8.0f records/s  p50 %6.2f ms  p99 %6.2f ms  errors %d" % (d["target"], d["clients"], d["records_per_s"], d["p50_ms"], d["p99_ms"], d["errors"]))'
 }
 
 echo "== $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, kernel $(uname -r), data on $(df -T "$BASE" | awk 'NR==2 {print $1", "$2}')"
-echo "== $ROUNDS rounds, $DURATION per point after $WARMUP warm-up, ${SIZE} B records, clients: $CLIENTS"
+echo "== $ROUNDS rounds, $DURATION per point after $WARMUP warm-up, ${SIZE} B records, clients: $CLIENTS${BENCH_ARGS:+, bench flags: $BENCH_ARGS}"
 for round in $(seq "$ROUNDS"); do
     echo "== round $round: etcd"
     rm -rf "$WORK/data"

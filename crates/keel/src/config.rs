@@ -67,6 +67,13 @@ pub struct ServerArgs {
     /// Election timeout in ticks (randomized up to twice this). [default: 10]
     #[arg(long, env = "KEEL_ELECTION_TICKS")]
     pub election_ticks: Option<u32>,
+    /// Threads that run the client API, the peer transport and the raft
+    /// groups (each group's log store has its own writer thread besides).
+    /// 0 picks one per two cores, at least one; with one, everything runs on
+    /// a single thread, which saves the cross-thread wake-ups that cost
+    /// most on small machines. [default: 0]
+    #[arg(long, env = "KEEL_WORKER_THREADS", value_name = "N")]
+    pub worker_threads: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +97,7 @@ struct FileConfig {
     request_timeout_ms: Option<u64>,
     tick_ms: Option<u64>,
     election_ticks: Option<u32>,
+    worker_threads: Option<usize>,
     log_level: Option<String>,
 }
 
@@ -108,6 +116,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     pub tick: Duration,
     pub election_ticks: u32,
+    /// Async worker threads (resolved: at least 1).
+    pub worker_threads: usize,
     /// `log_level` from the file, if any (the binary decides).
     pub log_level: Option<String>,
 }
@@ -135,6 +145,16 @@ pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, String> {
         return Err("the peer list is empty".into());
     }
     Ok(out)
+}
+
+const MAX_WORKER_THREADS: usize = 1024;
+
+/// One worker thread per two cores, at least one.
+pub fn default_worker_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() / 2)
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// Checks `HOST:PORT` shape (the name is resolved when used).
@@ -252,6 +272,15 @@ impl ServerConfig {
         if tick_ms == 0 || election_ticks < 2 {
             return Err(bad("tick_ms must be >= 1 and election_ticks >= 2".into()));
         }
+        let worker_threads = match args.worker_threads.or(file.worker_threads).unwrap_or(0) {
+            0 => default_worker_threads(),
+            n if n > MAX_WORKER_THREADS => {
+                return Err(bad(format!(
+                    "worker_threads {n} is more than {MAX_WORKER_THREADS}"
+                )));
+            }
+            n => n,
+        };
         let timeout_ms = args
             .request_timeout_ms
             .or(file.request_timeout_ms)
@@ -273,6 +302,7 @@ impl ServerConfig {
             request_timeout: Duration::from_millis(timeout_ms.max(1)),
             tick: Duration::from_millis(tick_ms),
             election_ticks,
+            worker_threads,
             log_level: file.log_level,
         })
     }
@@ -290,6 +320,22 @@ mod tests {
         assert_eq!(c.peer_addr, DEFAULT_PEER_ADDR);
         assert_eq!(c.peers.len(), 1);
         assert_eq!(c.data_dir, PathBuf::from("keel-data"));
+        assert_eq!(c.worker_threads, default_worker_threads());
+        assert!(c.worker_threads >= 1);
+    }
+
+    #[test]
+    fn worker_threads_are_checked() {
+        let with = |n| ServerArgs {
+            worker_threads: Some(n),
+            ..Default::default()
+        };
+        assert_eq!(ServerConfig::resolve(&with(3)).unwrap().worker_threads, 3);
+        assert_eq!(
+            ServerConfig::resolve(&with(0)).unwrap().worker_threads,
+            default_worker_threads()
+        );
+        assert!(ServerConfig::resolve(&with(100_000)).is_err());
     }
 
     #[test]

@@ -76,9 +76,12 @@ fn init_logging(filter: Option<&str>, default: &str) {
         .init();
 }
 
-fn runtime(multi: bool) -> tokio::runtime::Runtime {
-    let r = if multi {
+/// A runtime of `threads` workers; one means a current-thread runtime (no
+/// cross-thread wake-ups, no work stealing).
+fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    let r = if threads > 1 {
         tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
             .enable_all()
             .build()
     } else {
@@ -120,21 +123,21 @@ fn main() {
             };
             let level = cli.log_level.clone().or(cfg.log_level.clone());
             init_logging(level.as_deref(), "info");
-            runtime(true)
+            runtime(cfg.worker_threads)
                 .block_on(keel::node::run(cfg, shutdown_signal()))
                 .map_err(|e| e.to_string())
         }
         Cmd::Local(args) => {
             init_logging(cli.log_level.as_deref(), "warn");
-            runtime(true).block_on(local::run(args))
+            runtime(2).block_on(local::run(args))
         }
         Cmd::Bench(args) => {
             init_logging(cli.log_level.as_deref(), "warn");
-            runtime(true).block_on(bench::run(args))
+            runtime(args.threads.max(1)).block_on(bench::run(args))
         }
         cmd => {
             init_logging(cli.log_level.as_deref(), "warn");
-            runtime(false).block_on(async move {
+            runtime(1).block_on(async move {
                 match cmd {
                     Cmd::Append(a) => cli::append(a).await,
                     Cmd::Get(a) => cli::get(a).await,

@@ -52,6 +52,11 @@ pub struct BenchArgs {
     /// keel only: how long the client's batcher lingers for more appends.
     #[arg(long, default_value = "0ms", value_parser = parse_duration)]
     pub linger: Duration,
+    /// Threads of the load generator. One keeps it off the cores the
+    /// servers under test need on the same machine (and it is the cheapest
+    /// way to drive many clients: no cross-thread wake-ups).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
     /// keel only: append requests in flight per connection.
     #[arg(long, default_value_t = 4)]
     pub max_in_flight: usize,
@@ -98,8 +103,8 @@ fn pct(sorted: &[u32], p: f64) -> f64 {
 }
 
 pub async fn run(a: BenchArgs) -> Result<(), String> {
-    if a.clients == 0 || a.conns == 0 || a.duration.is_zero() {
-        return Err("--clients, --conns and --duration must be positive".into());
+    if a.clients == 0 || a.conns == 0 || a.threads == 0 || a.duration.is_zero() {
+        return Err("--clients, --conns, --threads and --duration must be positive".into());
     }
     let mut conns = Vec::new();
     for i in 0..a.conns {

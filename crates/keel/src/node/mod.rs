@@ -111,6 +111,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
         metrics = %cfg.metrics_addr.as_deref().map(|a| format!("http://{a}/metrics")).unwrap_or_else(|| "off".into()),
         data_dir = %cfg.data_dir.display(),
         members = cfg.peers.len(),
+        worker_threads = cfg.worker_threads,
         "keel node listening"
     );
 
