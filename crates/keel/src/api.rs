@@ -116,6 +116,9 @@ impl Api {
             GroupError::NotLeader { leader } => self.not_leader(leader),
             GroupError::LostLeadership => Status::aborted(e.to_string()),
             GroupError::Busy(m) => Status::resource_exhausted(m),
+            GroupError::DiskFull(_) => {
+                Status::resource_exhausted(format!("node {}: {e}", self.node_id))
+            }
             GroupError::StoreFailed(_) | GroupError::Stopped => {
                 Status::unavailable(format!("node {}: {e}", self.node_id))
             }
@@ -349,6 +352,8 @@ impl Keel for Api {
         let mut role = role_str(r.role).to_string();
         if let Some(f) = &st.failed {
             role = format!("failed ({f})");
+        } else if let Some(f) = &st.disk_full {
+            role = format!("{role} (disk full: {f})");
         }
         Ok(Response::new(StatusResponse {
             node_id: self.node_id,

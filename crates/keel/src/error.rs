@@ -70,6 +70,11 @@ pub enum GroupError {
     Busy(String),
     #[error("the log store failed ({0}); this node refuses writes until it is restarted")]
     StoreFailed(String),
+    /// The leader's disk is full: refused before anything was proposed.
+    #[error(
+        "the disk of the leader is full ({0}); nothing was appended. Free space on that node: it resumes by itself"
+    )]
+    DiskFull(String),
     #[error("{0}")]
     Invalid(String),
     #[error("the raft group is stopping")]

@@ -76,6 +76,8 @@ pub struct GroupMetrics {
     pub commit_index: AtomicU64,
     pub applied_index: AtomicU64,
     pub reads: AtomicU64,
+    /// 1 while the group's store is refusing writes for want of space.
+    pub disk_full: AtomicU64,
     pub follower_lag: Mutex<BTreeMap<u64, u64>>,
 }
 
@@ -160,8 +162,9 @@ impl Registry {
                 );
             }
         }
-        let gauges: [(&str, Counter); 3] = [
+        let gauges: [(&str, Counter); 4] = [
             ("keel_leader_id", |g| &g.leader),
+            ("keel_disk_full", |g| &g.disk_full),
             ("keel_commit_index", |g| &g.commit_index),
             ("keel_applied_index", |g| &g.applied_index),
         ];

@@ -35,6 +35,17 @@
 //!   front of the queue only.
 //! - A failed store (a write or fsync error) stops the group: it steps no
 //!   more messages, ticks no more, refuses writes and acknowledges nothing.
+//! - A full disk does not: keel-log refuses the write that found no space
+//!   and every write queued behind it, leaving nothing of them visible. The
+//!   driver keeps every write in flight (its persist id, hard state and
+//!   entries), so it takes that write and all later ones, in order, into a
+//!   `deferred` queue, stops submitting (new Readies join the queue), refuses
+//!   new appends with `DiskFull`, and tries the queue again every
+//!   `DISK_FULL_RETRY`. Nothing of them is reported persisted meanwhile, so
+//!   the persistence gate holds this node's acknowledgements and votes, and
+//!   raft keeps the entries in memory (its unstable part). Writing the same
+//!   writes again in their order gives the log they would have given (an
+//!   append replaces the suffix from its first index).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -42,7 +53,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use keel_log::{Completion, LogStore};
+use keel_log::{Completion, LogError, LogStore};
 use keel_raft::{
     BatchBuilder, Config, Entry, GroupId, InitialState, Membership, Message, NONE, NodeId, Raft,
     Role, SoftState,
@@ -70,6 +81,8 @@ pub struct GroupStatus {
     pub raft: keel_raft::Status,
     pub voters: Vec<NodeId>,
     pub failed: Option<String>,
+    /// Why writes wait, while the disk is full.
+    pub disk_full: Option<String>,
 }
 
 pub type Reply<T> = oneshot::Sender<Result<T, GroupError>>;
@@ -187,6 +200,38 @@ struct Waiter {
     proposed: Instant,
 }
 
+/// A write submitted to the store and not yet reported persisted: kept
+/// whole so that it can be written again if the disk was full.
+struct InFlight {
+    id: u64,
+    /// `None`: nothing to wait for (a Ready with only a hard state, saved
+    /// before).
+    completion: Option<Completion>,
+    submitted: Instant,
+    entries: Vec<Entry>,
+}
+
+/// A write waiting for disk space, in persist-id order.
+struct Deferred {
+    id: u64,
+    /// Still to be saved (it found no space either).
+    hard_state: Option<keel_log::HardState>,
+    entries: Vec<Entry>,
+}
+
+/// How often writes refused for want of space are tried again.
+const DISK_FULL_RETRY: Duration = Duration::from_millis(500);
+
+/// While the disk is full.
+struct DiskFull {
+    /// The error, for clients and the status.
+    why: String,
+    since: Instant,
+    retry_at: Instant,
+    /// Refusals since the last log line (logged every few seconds).
+    last_log: Instant,
+}
+
 struct Pending {
     reply: Reply<u64>,
     position: u64,
@@ -199,9 +244,11 @@ struct Driver {
     store: Arc<LogStore>,
     transport: Arc<Transport>,
     metrics: Arc<GroupMetrics>,
-    /// Writes in flight: (persist id, completion, submitted at). A Ready
-    /// with only a hard state has no completion (it was saved before).
-    persisting: VecDeque<(u64, Option<Completion>, Instant)>,
+    /// Writes in flight, in persist-id order.
+    persisting: VecDeque<InFlight>,
+    /// Writes waiting for disk space (only while `disk_full`).
+    deferred: VecDeque<Deferred>,
+    disk_full: Option<DiskFull>,
     committed_tx: watch::Sender<Committed>,
     committed: Committed,
     // The proposal being built from the appends of this iteration.
@@ -273,6 +320,8 @@ pub fn start(
         transport,
         metrics,
         persisting: VecDeque::new(),
+        deferred: VecDeque::new(),
+        disk_full: None,
         committed_tx,
         committed: Committed::default(),
         builder: BatchBuilder::new(),
@@ -308,18 +357,25 @@ async fn ticker(every: Duration, tx: mpsc::UnboundedSender<Input>) {
     }
 }
 
-/// Waits for the oldest write in flight; returns its persist id, when it
-/// was submitted and its outcome.
-async fn oldest_done(
-    q: &mut VecDeque<(u64, Option<Completion>, Instant)>,
-) -> (u64, Instant, Result<(), String>) {
-    let outcome = match q.front_mut() {
-        Some((_, Some(c), _)) => c.await.map(|_| ()).map_err(|e| e.to_string()),
-        Some((_, None, _)) => Ok(()),
+/// Waits for the oldest write in flight to complete (it stays at the front
+/// of the queue); returns its outcome. Cancel-safe: the completion is
+/// polled in place, never taken.
+async fn oldest_done(q: &mut VecDeque<InFlight>) -> Result<(), LogError> {
+    match q.front_mut() {
+        Some(InFlight {
+            completion: Some(c),
+            ..
+        }) => c.await.map(|_| ()),
+        Some(_) => Ok(()),
         None => std::future::pending().await,
-    };
-    let (id, _, at) = q.pop_front().expect("the front was just awaited");
-    (id, at, outcome)
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn now_ms() -> u64 {
@@ -362,8 +418,8 @@ impl Driver {
         loop {
             tokio::select! {
                 biased;
-                (id, at, outcome) = oldest_done(&mut self.persisting), if !self.persisting.is_empty() => {
-                    self.on_written(id, at, outcome);
+                outcome = oldest_done(&mut self.persisting), if !self.persisting.is_empty() => {
+                    self.on_written(outcome);
                     while inputs.len() < 4096 {
                         match rx.try_recv() {
                             Ok(i) => inputs.push(i),
@@ -375,6 +431,9 @@ impl Driver {
                     if n == 0 {
                         break;
                     }
+                }
+                _ = sleep_until(self.disk_full.as_ref().map(|d| d.retry_at)) => {
+                    self.retry_deferred().await;
                 }
             }
             let mut stop = false;
@@ -453,44 +512,160 @@ impl Driver {
                     raft: self.raft.status(),
                     voters: self.raft.membership().all_voters().collect(),
                     failed: self.failed.clone(),
+                    disk_full: self.disk_full.as_ref().map(|d| d.why.clone()),
                 });
             }
             Input::Tick | Input::Stop => {}
         }
     }
 
-    /// A write completed: report it and every later write already complete
-    /// (one `on_persisted` with the highest id).
-    fn on_written(&mut self, id: u64, at: Instant, outcome: Result<(), String>) {
-        if let Err(e) = outcome {
-            self.fail_store(e);
-            return;
-        }
+    /// The oldest write in flight completed: report it and every later
+    /// write already complete (one `on_persisted` with the highest id).
+    fn on_written(&mut self, outcome: Result<(), LogError>) {
         let now = Instant::now();
-        self.metrics.fsync_latency.observe(now.duration_since(at));
-        let mut last = id;
-        while let Some(front) = self.persisting.front_mut() {
-            let outcome = match front.1.take() {
+        let mut last = None;
+        let mut outcome = outcome;
+        loop {
+            match outcome {
+                Ok(()) => {}
+                Err(LogError::NoSpace { path }) => {
+                    self.on_no_space(format!("no space left on device at {}", path.display()));
+                    break;
+                }
+                Err(e) => {
+                    self.fail_store(e.to_string());
+                    return;
+                }
+            }
+            let w = self.persisting.pop_front().expect("the front completed");
+            self.metrics
+                .fsync_latency
+                .observe(now.duration_since(w.submitted));
+            last = Some(w.id);
+            let Some(front) = self.persisting.front_mut() else {
+                break;
+            };
+            outcome = match front.completion.take() {
                 None => Ok(()),
                 Some(c) => match c.wait_timeout(Duration::ZERO) {
-                    Ok(o) => o.map(|_| ()).map_err(|e| e.to_string()),
+                    Ok(o) => o.map(|_| ()),
                     Err(c) => {
-                        front.1 = Some(c);
+                        front.completion = Some(c);
                         break;
                     }
                 },
             };
-            let (next, _, at) = self.persisting.pop_front().expect("front checked");
-            if let Err(e) = outcome {
-                self.fail_store(e);
-                return;
-            }
-            self.metrics.fsync_latency.observe(now.duration_since(at));
-            last = next;
         }
-        if let Err(e) = self.raft.on_persisted(last) {
+        if let Some(last) = last
+            && let Err(e) = self.raft.on_persisted(last)
+        {
             error!(group = self.cfg.group, error = %e, "persistence notice refused");
         }
+    }
+
+    /// The store refused the oldest write in flight for want of space, and
+    /// with it every later one: keep them all, in order, to write again.
+    fn on_no_space(&mut self, why: String) {
+        let mut taken: VecDeque<Deferred> = self
+            .persisting
+            .drain(..)
+            .map(|w| Deferred {
+                id: w.id,
+                hard_state: None,
+                entries: w.entries,
+            })
+            .collect();
+        taken.append(&mut self.deferred);
+        self.deferred = taken;
+        self.enter_disk_full(why);
+    }
+
+    fn enter_disk_full(&mut self, why: String) {
+        let now = Instant::now();
+        match &mut self.disk_full {
+            Some(d) => {
+                d.retry_at = now + DISK_FULL_RETRY;
+                if now.duration_since(d.last_log) >= Duration::from_secs(10) {
+                    warn!(group = self.cfg.group, error = %why, waiting_ms = now.duration_since(d.since).as_millis() as u64, writes = self.deferred.len(), "the disk is still full; writes wait for space");
+                    d.last_log = now;
+                }
+                d.why = why;
+            }
+            None => {
+                warn!(group = self.cfg.group, error = %why, writes = self.deferred.len(), "the disk is full: this node's writes wait (nothing lost, nothing acknowledged meanwhile) and appends are refused; free space and it resumes by itself");
+                self.metrics.disk_full.store(1, Relaxed);
+                self.disk_full = Some(DiskFull {
+                    why,
+                    since: now,
+                    retry_at: now + DISK_FULL_RETRY,
+                    last_log: now,
+                });
+            }
+        }
+    }
+
+    /// Writes the deferred writes again, in order. A write that again finds
+    /// no space comes back through `on_written`.
+    async fn retry_deferred(&mut self) {
+        if self.failed.is_some() {
+            self.disk_full = None;
+            return;
+        }
+        while let Some(mut d) = self.deferred.pop_front() {
+            if let Some(hs) = d.hard_state {
+                match self.save_hard_state(hs).await {
+                    Ok(()) => d.hard_state = None,
+                    Err(LogError::NoSpace { path }) => {
+                        self.deferred.push_front(d);
+                        self.enter_disk_full(format!(
+                            "no space left on device at {}",
+                            path.display()
+                        ));
+                        return;
+                    }
+                    Err(e) => {
+                        self.fail_store(e.to_string());
+                        return;
+                    }
+                }
+            }
+            self.submit(d.id, d.entries);
+        }
+        if let Some(d) = self.disk_full.take() {
+            info!(
+                group = self.cfg.group,
+                waited_ms = d.since.elapsed().as_millis() as u64,
+                "disk space is available again: the waiting writes were submitted"
+            );
+            self.metrics.disk_full.store(0, Relaxed);
+        }
+    }
+
+    async fn save_hard_state(&self, hs: keel_log::HardState) -> Result<(), LogError> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.save_hard_state(hs)).await {
+            Ok(r) => r,
+            Err(e) => Err(LogError::Io {
+                op: "save the hard state",
+                path: self.store.dir().to_path_buf(),
+                source: Arc::new(std::io::Error::other(e.to_string())),
+            }),
+        }
+    }
+
+    /// Submits a write to the store (non-blocking) and queues it in flight.
+    fn submit(&mut self, id: u64, entries: Vec<Entry>) {
+        let completion = if entries.is_empty() {
+            None
+        } else {
+            Some(self.store.append(entries.clone()))
+        };
+        self.persisting.push_back(InFlight {
+            id,
+            completion,
+            submitted: Instant::now(),
+            entries,
+        });
     }
 
     fn add_append(&mut self, records: Vec<Bytes>, bytes: usize, reply: Reply<u64>, start: Instant) {
@@ -503,6 +678,11 @@ impl Driver {
             let _ = reply.send(Err(GroupError::NotLeader {
                 leader: self.raft.leader(),
             }));
+            return;
+        }
+        if let Some(d) = &self.disk_full {
+            self.metrics.append_errors.fetch_add(1, Relaxed);
+            let _ = reply.send(Err(GroupError::DiskFull(d.why.clone())));
             return;
         }
         let add = bytes + records.len() * keel_format::RECORD_PREFIX_LEN;
@@ -578,28 +758,34 @@ impl Driver {
                 return;
             }
             if let Some(id) = rd.persist_id {
-                if let Some(hs) = rd.hard_state {
-                    let store = self.store.clone();
-                    let hs = keel_log::HardState {
-                        term: hs.term,
-                        vote: hs.vote,
-                    };
-                    let saved = tokio::task::spawn_blocking(move || store.save_hard_state(hs))
-                        .await
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| r.map_err(|e| e.to_string()));
-                    if let Err(e) = saved {
-                        self.fail_store(e);
-                        return;
+                let mut hard_state = rd.hard_state.map(|hs| keel_log::HardState {
+                    term: hs.term,
+                    vote: hs.vote,
+                });
+                if self.disk_full.is_none()
+                    && let Some(hs) = hard_state
+                {
+                    match self.save_hard_state(hs).await {
+                        Ok(()) => hard_state = None,
+                        Err(LogError::NoSpace { path }) => self.enter_disk_full(format!(
+                            "no space left on device at {}",
+                            path.display()
+                        )),
+                        Err(e) => {
+                            self.fail_store(e.to_string());
+                            return;
+                        }
                     }
                 }
-                let submitted = Instant::now();
-                let completion = if rd.entries.is_empty() {
-                    None
+                if self.disk_full.is_some() {
+                    self.deferred.push_back(Deferred {
+                        id,
+                        hard_state,
+                        entries: rd.entries,
+                    });
                 } else {
-                    Some(self.store.append(rd.entries))
-                };
-                self.persisting.push_back((id, completion, submitted));
+                    self.submit(id, rd.entries);
+                }
             }
             for m in rd.messages {
                 self.transport.send(m);
