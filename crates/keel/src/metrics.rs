@@ -128,7 +128,7 @@ impl Registry {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let node = self.node_id;
-        let counters: [(&str, &str, Counter); 11] = [
+        let counters: [(&str, &str, Counter); 15] = [
             ("keel_append_requests_total", "counter", |g| {
                 &g.append_requests
             }),
@@ -150,26 +150,13 @@ impl Registry {
             ("keel_reads_total", "counter", |g| &g.reads),
             ("keel_term", "gauge", |g| &g.term),
             ("keel_role", "gauge", |g| &g.role),
+            ("keel_leader_id", "gauge", |g| &g.leader),
+            ("keel_disk_full", "gauge", |g| &g.disk_full),
+            ("keel_commit_index", "gauge", |g| &g.commit_index),
+            ("keel_applied_index", "gauge", |g| &g.applied_index),
         ];
         for (name, kind, get) in counters {
             let _ = writeln!(out, "# TYPE {name} {kind}");
-            for g in &groups {
-                let _ = writeln!(
-                    out,
-                    "{name}{{node=\"{node}\",group=\"{}\"}} {}",
-                    g.group,
-                    get(g).load(Relaxed)
-                );
-            }
-        }
-        let gauges: [(&str, Counter); 4] = [
-            ("keel_leader_id", |g| &g.leader),
-            ("keel_disk_full", |g| &g.disk_full),
-            ("keel_commit_index", |g| &g.commit_index),
-            ("keel_applied_index", |g| &g.applied_index),
-        ];
-        for (name, get) in gauges {
-            let _ = writeln!(out, "# TYPE {name} gauge");
             for g in &groups {
                 let _ = writeln!(
                     out,

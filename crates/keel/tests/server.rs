@@ -187,10 +187,16 @@ fn three_nodes_append_and_get_through_cli_and_client() {
 
 #[test]
 fn followers_redirect_with_the_leaders_address() {
-    let c = Cluster::start(3, "redirect");
+    // Also the multi-threaded runtime (the default on this size of machine
+    // is one thread).
+    let mut c = Cluster::new(3, "redirect", &["--worker-threads", "2"]);
+    for n in &mut c.nodes {
+        n.start();
+    }
     let rt = rt();
     let _enter = rt.enter();
     let leader = rt.block_on(c.wait_leader(Duration::from_secs(15)));
+    assert!(c.logs().contains("worker_threads=2"), "{}", c.logs());
     let leader_addr = c.nodes[(leader - 1) as usize].client_addr.clone();
     let follower = c.nodes.iter().find(|n| n.id != leader).unwrap();
     rt.block_on(async {

@@ -371,6 +371,10 @@ async fn oldest_done(q: &mut VecDeque<InFlight>) -> Result<(), LogError> {
     }
 }
 
+fn no_space(path: &std::path::Path) -> String {
+    format!("no space left on device at {}", path.display())
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -529,7 +533,7 @@ impl Driver {
             match outcome {
                 Ok(()) => {}
                 Err(LogError::NoSpace { path }) => {
-                    self.on_no_space(format!("no space left on device at {}", path.display()));
+                    self.on_no_space(no_space(&path));
                     break;
                 }
                 Err(e) => {
@@ -617,10 +621,7 @@ impl Driver {
                     Ok(()) => d.hard_state = None,
                     Err(LogError::NoSpace { path }) => {
                         self.deferred.push_front(d);
-                        self.enter_disk_full(format!(
-                            "no space left on device at {}",
-                            path.display()
-                        ));
+                        self.enter_disk_full(no_space(&path));
                         return;
                     }
                     Err(e) => {
@@ -767,10 +768,7 @@ impl Driver {
                 {
                     match self.save_hard_state(hs).await {
                         Ok(()) => hard_state = None,
-                        Err(LogError::NoSpace { path }) => self.enter_disk_full(format!(
-                            "no space left on device at {}",
-                            path.display()
-                        )),
+                        Err(LogError::NoSpace { path }) => self.enter_disk_full(no_space(&path)),
                         Err(e) => {
                             self.fail_store(e.to_string());
                             return;
