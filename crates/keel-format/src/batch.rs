@@ -14,9 +14,14 @@ pub enum EntryKind {
     Config = 2,
     /// Marks the point a snapshot was installed (body defined by the core).
     SnapshotMarker = 3,
+    /// A control entry whose body belongs to the layer that hosts the raft
+    /// group (opaque to this crate and to the consensus core): takes no user
+    /// offsets, `record_count` 0.
+    Command = 4,
 }
 
 impl EntryKind {
+    /// The kind with this byte value, or `FormatError::Kind` for an unknown one.
     #[inline]
     pub fn from_u8(v: u8) -> Result<Self, FormatError> {
         Ok(match v {
@@ -24,10 +29,12 @@ impl EntryKind {
             1 => EntryKind::Noop,
             2 => EntryKind::Config,
             3 => EntryKind::SnapshotMarker,
+            4 => EntryKind::Command,
             other => return Err(FormatError::Kind(other)),
         })
     }
 
+    /// Every kind but `Data` is a control entry: no records, no offsets.
     pub fn is_control(self) -> bool {
         self != EntryKind::Data
     }

@@ -14,7 +14,9 @@
 //!                          (HEADER_LEN ..= MAX_BATCH_LEN)
 //!    4    4  crc           CRC32C (Castagnoli) of bytes [8, length)
 //!    8    1  version       FORMAT_VERSION (1)
-//!    9    1  kind          0 data, 1 no-op, 2 configuration, 3 snapshot marker
+//!    9    1  kind          0 data, 1 no-op, 2 configuration, 3 snapshot marker,
+//!                          4 command (a control entry for the layer that
+//!                          hosts the raft group)
 //!   10    2  flags         reserved, 0; a reader rejects unknown bits
 //!   12    4  record_count  number of records; 0 for every control entry
 //!   16    8  term          raft term of the entry
@@ -28,7 +30,8 @@
 //! Body of a data entry: record_count records, each
 //!    u32 length, then `length` bytes of payload.
 //! Body of a control entry: opaque to this crate (the consensus core defines
-//! the configuration encoding); record_count is 0.
+//! the configuration encoding; a command's body belongs to the hosting
+//! layer); record_count is 0.
 //! ```
 //!
 //! User offsets are dense per log: the records of an entry take

@@ -49,6 +49,32 @@ fn control_batch_has_no_records_and_keeps_next_offset() {
 }
 
 #[test]
+fn a_command_batch_round_trips_and_takes_no_offsets() {
+    let c = Batch::control(EntryKind::Command, b"\x01opaque", 4, 17, 300, 12);
+    assert_eq!(c.as_bytes()[9], 4, "kind byte of a command");
+    let d = Batch::decode(c.as_bytes().clone()).unwrap();
+    assert_eq!(d, c);
+    assert_eq!(d.kind(), EntryKind::Command);
+    assert!(d.kind().is_control());
+    assert_eq!((d.term(), d.index(), d.timestamp()), (4, 17, 12));
+    assert_eq!(d.record_count(), 0);
+    assert_eq!(d.base_offset(), 300);
+    assert_eq!(d.end_offset(), 300, "a command takes no offsets");
+    assert_eq!(d.header().end_offset(), 300);
+    assert_eq!(&d.body()[..], b"\x01opaque");
+    assert_eq!(d.records().count(), 0);
+    // A command claiming records is refused like any control entry.
+    let mut m = BytesMut::from(&c.as_bytes()[..]);
+    m[12..16].copy_from_slice(&1u32.to_le_bytes());
+    assert!(matches!(
+        BatchHeader::parse(&m),
+        Err(FormatError::ControlWithRecords { kind: 4, count: 1 })
+    ));
+    assert_eq!(EntryKind::from_u8(4), Ok(EntryKind::Command));
+    assert!(matches!(EntryKind::from_u8(5), Err(FormatError::Kind(5))));
+}
+
+#[test]
 fn every_single_bit_flip_is_rejected() {
     let bytes = sample().into_bytes();
     for byte in 0..bytes.len() {

@@ -27,7 +27,8 @@
 //!  8 ReadIndex           u64 ctx
 //!  9 ReadIndexResponse   u64 ctx, u8 has_index, u64 index
 //! 10 Snapshot            u64 index, u64 term, u64 next_offset, u64 size,
-//!                        u32 n + n bytes configuration (as in a Config entry),
+//!                        u32 n + n bytes configuration (as in a Config entry:
+//!                        version 2, with member info; version 1 is read),
 //!                        u64 offset, u8 done, u32 n + n bytes data
 //! 11 SnapshotResponse    u64 index, u64 next_offset, u8 installed
 //! ```
@@ -457,7 +458,51 @@ mod tests {
                 next_offset: 4,
                 installed: false,
             }),
+            m(MessageBody::Snapshot(SnapshotChunk {
+                meta: SnapshotMeta {
+                    index: 91,
+                    term: 3,
+                    membership: membership_with_info(),
+                    next_offset: 1234,
+                    size: 6,
+                },
+                offset: 0,
+                data: Bytes::from_static(b"abcdef"),
+                done: false,
+            })),
         ]
+    }
+
+    /// A joint configuration with info for an outgoing voter, incoming
+    /// voters and a learner.
+    fn membership_with_info() -> crate::Membership {
+        let mut m = crate::Membership::new([2, 3, 4], [5]);
+        m.outgoing = [1, 2, 3].into_iter().collect();
+        for (id, info) in [(1, &b"one"[..]), (3, b""), (4, b"four"), (5, b"five")] {
+            m.info.insert(id, Bytes::from_static(info));
+        }
+        m
+    }
+
+    #[test]
+    fn a_snapshot_meta_carries_member_info() {
+        let m = samples().pop().unwrap();
+        let back = decode(encode_to_bytes(&m)).unwrap();
+        assert_eq!(back, m);
+        let MessageBody::Snapshot(c) = back.body else {
+            panic!("not a snapshot chunk: {back:?}");
+        };
+        assert_eq!(c.meta.membership, membership_with_info());
+        assert_eq!(&c.meta.membership.info[&4][..], b"four");
+        // Info for a node that is not a member is refused on the wire too.
+        let mut bad = m.clone();
+        if let MessageBody::Snapshot(c) = &mut bad.body {
+            c.meta.membership.info.insert(9, Bytes::from_static(b"?"));
+        }
+        assert_eq!(
+            decode(encode_to_bytes(&bad)),
+            Err(CodecError::Field("snapshot configuration"))
+        );
     }
 
     #[test]
@@ -539,7 +584,7 @@ mod tests {
         }
 
         #[test]
-        fn mutated_messages_never_panic(i in 0usize..15, pos in any::<usize>(), byte in any::<u8>()) {
+        fn mutated_messages_never_panic(i in 0usize..16, pos in any::<usize>(), byte in any::<u8>()) {
             let bytes = encode_to_bytes(&samples()[i]);
             let mut b = BytesMut::from(&bytes[..]);
             let p = pos % b.len();

@@ -7,7 +7,8 @@
 //! contract). Everything about safety is tested here, in simulation.
 //!
 //! Entries are [`keel_format::Batch`]es: data entries carry records that take
-//! dense user offsets; control entries (no-op, configuration) take none.
+//! dense user offsets; control entries (no-op, configuration, and commands
+//! of the hosting layer, see [`Raft::propose_command`]) take none.
 
 pub mod codec;
 mod conf_change;
@@ -34,12 +35,14 @@ mod types;
 #[cfg(test)]
 mod tests;
 
-pub use conf_change::{ConfChangeOp, LaggingLearner};
+pub use conf_change::{ConfChange, ConfChangeOp, LaggingLearner, MAX_INFO_BYTES, MAX_MEMBERS};
 pub use config::{Config, ReadMode};
 pub use error::{Error, StorageError};
 #[cfg(feature = "fault-injection")]
 pub use knobs::Knobs;
-pub use membership::{ConfChangeEvent, ConfChangeStatus};
+pub use membership::{
+    ConfChangeEvent, ConfChangeStatus, bootstrap_entry, decode_membership, encode_membership,
+};
 pub use message::{Append, AppendResponse, Message, MessageBody, RejectHint, VoteRequest};
 pub use progress::{Progress, ProgressState};
 pub use quorum::{Membership, VoteResult};

@@ -3,11 +3,12 @@
 //! once and roll back if truncated, leaving the joint phase, and the steps a
 //! leader takes when the membership changes under it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
+use bytes::Bytes;
 use keel_format::{Batch, EntryKind};
 
-use crate::conf_change::{self, ConfChangeOp, LaggingLearner};
+use crate::conf_change::{self, ConfChange, ConfChangeOp, LaggingLearner};
 use crate::error::Error;
 use crate::progress::Progress;
 use crate::quorum::Membership;
@@ -15,7 +16,7 @@ use crate::storage::Storage;
 use crate::types::{Index, NONE, NodeId, Role};
 use crate::{Proposed, Raft};
 
-/// What became of a [`Raft::propose_conf_change`] call.
+/// What became of a [`Raft::propose_change`] call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfChangeStatus {
     /// The (first) configuration entry was appended.
@@ -28,6 +29,7 @@ pub enum ConfChangeStatus {
 /// The fate of a change that waited for learners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfChangeEvent {
+    /// Proposed: its (first) configuration entry was appended here.
     Proposed(Proposed),
     /// Not proposed: the learners did not catch up in time, or leadership
     /// was lost.
@@ -37,21 +39,24 @@ pub enum ConfChangeEvent {
 /// A change held until its learners catch up.
 #[derive(Debug, Clone)]
 pub(crate) struct WaitingChange {
-    voters: BTreeSet<NodeId>,
-    learners: BTreeSet<NodeId>,
+    /// The configuration it leads to (voters, learners, info).
+    target: Membership,
     since: u64,
     timestamp: u64,
 }
 
 impl<S: Storage> Raft<S> {
-    /// Proposes a membership change (leader only). Voter changes go through
-    /// a joint configuration; the final configuration follows automatically
-    /// once the joint one commits. Refused while another change is in
-    /// progress or a transfer is pending.
-    pub fn propose_conf_change(
+    /// Proposes a membership change (leader only): voters, learners and
+    /// member info. Voter changes go through a joint configuration; the
+    /// final configuration follows automatically once the joint one
+    /// commits. A change of learners or info alone is one configuration
+    /// entry. Refused while another change is in progress or a transfer is
+    /// pending, and when it would alter nothing
+    /// ([`Error::InvalidConfChange`]), as is info for a node that is not a
+    /// member of the configuration the change leads to.
+    pub fn propose_change(
         &mut self,
-        ops: &[ConfChangeOp],
-        lagging: LaggingLearner,
+        change: &ConfChange,
         timestamp: u64,
     ) -> Result<ConfChangeStatus, Error> {
         if self.role != Role::Leader {
@@ -65,10 +70,10 @@ impl<S: Storage> Raft<S> {
         if let Some(index) = self.conf_change_pending() {
             return Err(Error::ConfChangeInProgress(index));
         }
-        let (voters, learners) =
-            conf_change::target(&self.membership, ops).map_err(Error::InvalidConfChange)?;
-        if let Some((id, matched)) = self.lagging_promotion(&voters) {
-            return match lagging {
+        let target =
+            conf_change::target(&self.membership, change).map_err(Error::InvalidConfChange)?;
+        if let Some((id, matched)) = self.lagging_promotion(&target.voters) {
+            return match change.lagging {
                 LaggingLearner::Refuse => Err(Error::LearnerLagging {
                     id,
                     matched,
@@ -76,8 +81,7 @@ impl<S: Storage> Raft<S> {
                 }),
                 LaggingLearner::Wait => {
                     self.waiting_change = Some(WaitingChange {
-                        voters,
-                        learners,
+                        target,
                         since: self.ticks,
                         timestamp,
                     });
@@ -86,8 +90,25 @@ impl<S: Storage> Raft<S> {
             };
         }
         Ok(ConfChangeStatus::Proposed(
-            self.start_change(voters, learners, timestamp),
+            self.start_change(target, timestamp),
         ))
+    }
+
+    /// Proposes a change of voters and learners that leaves member info
+    /// alone (but for removed members, whose info goes with them): a
+    /// shorthand for [`propose_change`](Self::propose_change).
+    pub fn propose_conf_change(
+        &mut self,
+        ops: &[ConfChangeOp],
+        lagging: LaggingLearner,
+        timestamp: u64,
+    ) -> Result<ConfChangeStatus, Error> {
+        let change = ConfChange {
+            ops: ops.to_vec(),
+            info: BTreeMap::new(),
+            lagging,
+        };
+        self.propose_change(&change, timestamp)
     }
 
     /// The index of an uncommitted configuration entry, or a placeholder if
@@ -110,20 +131,11 @@ impl<S: Storage> Raft<S> {
             .find(|(_, matched)| matched + self.cfg.learner_max_lag < last)
     }
 
-    fn start_change(
-        &mut self,
-        voters: BTreeSet<NodeId>,
-        learners: BTreeSet<NodeId>,
-        timestamp: u64,
-    ) -> Proposed {
+    fn start_change(&mut self, target: Membership, timestamp: u64) -> Proposed {
         let next = if self.knob(|k| k.skip_joint) {
-            Membership {
-                voters,
-                outgoing: BTreeSet::new(),
-                learners,
-            }
+            target
         } else {
-            conf_change::first_step(&self.membership, voters, learners)
+            conf_change::first_step(&self.membership, target)
         };
         self.append_config(next, timestamp)
     }
@@ -156,9 +168,9 @@ impl<S: Storage> Raft<S> {
         let Some(w) = &self.waiting_change else {
             return;
         };
-        if self.lagging_promotion(&w.voters).is_none() {
+        if self.lagging_promotion(&w.target.voters).is_none() {
             let w = self.waiting_change.take().expect("checked");
-            let p = self.start_change(w.voters, w.learners, w.timestamp);
+            let p = self.start_change(w.target, w.timestamp);
             self.conf_events.push(ConfChangeEvent::Proposed(p));
         } else if self.ticks - w.since >= self.cfg.conf_change_wait_ticks as u64 {
             self.waiting_change = None;
@@ -301,6 +313,42 @@ impl<S: Storage> Raft<S> {
             self.become_follower(term, NONE);
         }
     }
+}
+
+/// The first entry of a brand-new cluster: a configuration entry holding
+/// `m` at index 1, term 1, base offset 0, timestamp 0. Deterministic: equal
+/// memberships give byte-identical entries.
+///
+/// Bootstrapping: every founding node writes exactly this entry at index 1,
+/// and hard state term 1 (vote 0), durably, before its [`Raft`] starts
+/// (with an empty [`InitialState::membership`](crate::InitialState): the
+/// configuration comes from the log). The founders' logs then agree at
+/// index 1, as if a leader of term 1 had replicated it; the entry commits
+/// with the first leader's no-op, and the first election is at term 2. A
+/// node that joins later starts with an empty log (and an empty
+/// configuration) instead and receives the entry, or a snapshot, from the
+/// leader.
+///
+/// `m` must be a configuration a log may hold: at least one voter, not
+/// joint, info only for members and at most
+/// [`MAX_INFO_BYTES`](crate::MAX_INFO_BYTES) each (`decode_membership`
+/// of `encode_membership(m)` checks it). Otherwise [`Raft::new`] refuses the
+/// log.
+pub fn bootstrap_entry(m: &Membership) -> crate::Entry {
+    Batch::control(EntryKind::Config, &conf_change::encode(m), 1, 1, 0, 0)
+}
+
+/// Encodes a configuration as a configuration entry body (the layout is in
+/// `conf_change.rs`; version 2), for a hosting layer that stores one, in a
+/// snapshot file for instance.
+pub fn encode_membership(m: &Membership) -> Bytes {
+    conf_change::encode(m)
+}
+
+/// Decodes a configuration entry body (version 1 or 2). Never panics;
+/// anything malformed is refused with a message.
+pub fn decode_membership(body: &[u8]) -> Result<Membership, String> {
+    conf_change::decode(body)
 }
 
 #[cfg(test)]

@@ -2,10 +2,15 @@
 //! start: while a configuration change is in its joint phase, commit and
 //! election need a majority of both the outgoing and the incoming voters.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
 
 use crate::types::{Index, NodeId};
 
+/// A configuration of a raft group: who votes (in one or, while a change
+/// is in its joint phase, two sets), who only learns, and what the hosting
+/// layer knows about each member.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Membership {
     /// Voters of the (incoming) configuration.
@@ -14,8 +19,15 @@ pub struct Membership {
     pub outgoing: BTreeSet<NodeId>,
     /// Receive the log, never vote, never count toward commit.
     pub learners: BTreeSet<NodeId>,
+    /// Per-member opaque info, owned by the layer that hosts the group
+    /// (keel-node keeps addresses and the data-directory incarnation
+    /// there). Only members have info; at most
+    /// [`MAX_INFO_BYTES`](crate::MAX_INFO_BYTES) each. Quorum arithmetic
+    /// ignores it.
+    pub info: BTreeMap<NodeId, Bytes>,
 }
 
+/// Where an election stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VoteResult {
     Won,
@@ -24,6 +36,7 @@ pub enum VoteResult {
 }
 
 impl Membership {
+    /// A configuration that is not joint, without member info.
     pub fn new(
         voters: impl IntoIterator<Item = NodeId>,
         learners: impl IntoIterator<Item = NodeId>,
@@ -32,6 +45,7 @@ impl Membership {
             voters: voters.into_iter().collect(),
             outgoing: BTreeSet::new(),
             learners: learners.into_iter().collect(),
+            info: BTreeMap::new(),
         }
     }
 
@@ -45,10 +59,12 @@ impl Membership {
         self.learners.contains(&id) && !self.is_voter(id)
     }
 
+    /// A voter of either half.
     pub fn is_voter(&self, id: NodeId) -> bool {
         self.voters.contains(&id) || self.outgoing.contains(&id)
     }
 
+    /// A voter of either half or a learner.
     pub fn is_member(&self, id: NodeId) -> bool {
         self.is_voter(id) || self.learners.contains(&id)
     }
@@ -83,6 +99,8 @@ impl Membership {
         }
     }
 
+    /// The outcome of an election given each voter's answer (`None`: no
+    /// answer yet).
     pub fn vote_result(&self, vote: impl Fn(NodeId) -> Option<bool>) -> VoteResult {
         let a = majority_vote(&self.voters, &vote);
         if self.outgoing.is_empty() {

@@ -566,6 +566,55 @@ impl<S: Storage> Raft<S> {
     /// Proposes a batch of records. Only the leader accepts; the entry is
     /// sealed here (term, index, base offset) so its bytes are final.
     pub fn propose(&mut self, records: BatchBuilder, timestamp: u64) -> Result<Proposed, Error> {
+        self.check_may_propose()?;
+        if records.is_empty() {
+            return Err(Error::EmptyProposal);
+        }
+        self.check_entry_size(records.encoded_len() as u64)?;
+        let index = self.log.last_index() + 1;
+        let base_offset = self.log.next_offset();
+        let record_count = records.record_count();
+        let entry = records.seal(EntryKind::Data, self.term, index, base_offset, timestamp);
+        self.append_entry(entry);
+        Ok(Proposed {
+            index,
+            term: self.term,
+            base_offset,
+            record_count,
+        })
+    }
+
+    /// Proposes a command of the layer that hosts the group: one
+    /// [`EntryKind::Command`] control entry with `body` (opaque to raft).
+    /// It takes no user offsets (`record_count` 0, `base_offset` the next
+    /// offset) and is committed and handed out in `Ready::committed` like
+    /// any entry. Leader only; refused like [`propose`](Self::propose)
+    /// during a transfer, under back-pressure, or when too large.
+    pub fn propose_command(&mut self, body: &[u8], timestamp: u64) -> Result<Proposed, Error> {
+        self.check_may_propose()?;
+        self.check_entry_size((keel_format::HEADER_LEN + body.len()) as u64)?;
+        let index = self.log.last_index() + 1;
+        let base_offset = self.log.next_offset();
+        let entry = Batch::control(
+            EntryKind::Command,
+            body,
+            self.term,
+            index,
+            base_offset,
+            timestamp,
+        );
+        self.append_entry(entry);
+        Ok(Proposed {
+            index,
+            term: self.term,
+            base_offset,
+            record_count: 0,
+        })
+    }
+
+    /// Refuses proposals on a node that is not the leader or while a
+    /// transfer is in progress.
+    fn check_may_propose(&self) -> Result<(), Error> {
         if self.role != Role::Leader {
             return Err(Error::NotLeader {
                 leader: self.leader,
@@ -574,10 +623,12 @@ impl<S: Storage> Raft<S> {
         if let Some(t) = &self.transfer {
             return Err(Error::TransferInProgress(t.target));
         }
-        if records.is_empty() {
-            return Err(Error::EmptyProposal);
-        }
-        let size = records.encoded_len() as u64;
+        Ok(())
+    }
+
+    /// Refuses a proposed entry of `size` bytes that is too large or that
+    /// back-pressure does not let in.
+    fn check_entry_size(&self, size: u64) -> Result<(), Error> {
         if size > MAX_BATCH_LEN as u64 {
             return Err(Error::TooLarge {
                 size,
@@ -591,17 +642,7 @@ impl<S: Storage> Raft<S> {
                 limit,
             });
         }
-        let index = self.log.last_index() + 1;
-        let base_offset = self.log.next_offset();
-        let record_count = records.record_count();
-        let entry = records.seal(EntryKind::Data, self.term, index, base_offset, timestamp);
-        self.append_entry(entry);
-        Ok(Proposed {
-            index,
-            term: self.term,
-            base_offset,
-            record_count,
-        })
+        Ok(())
     }
 
     pub(crate) fn append_entry(&mut self, entry: Batch) {

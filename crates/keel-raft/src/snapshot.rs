@@ -46,7 +46,7 @@ pub struct SnapshotChunk {
 ///
 /// - `apply` receives every committed entry exactly once, in index order,
 ///   from `Ready::committed`. Data entries carry records at user offsets
-///   `base_offset ..`; control entries (no-op, configuration) carry none and
+///   `base_offset ..`; control entries (no-op, configuration, command) carry none and
 ///   may be ignored, but must still advance the applied index.
 /// - `snapshot` captures the state as of the last applied entry. The driver
 ///   pairs it with [`Raft::snapshot_meta`](crate::Raft::snapshot_meta) for

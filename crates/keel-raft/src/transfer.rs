@@ -4,14 +4,16 @@
 //! sends it TimeoutNow; the target campaigns at once (no pre-vote, and voters
 //! disregard stickiness for it). It is abandoned after an election timeout.
 //!
-//! Preferred leaders: a leader that is not the most preferred available node
-//! hands over to a more preferred voter once that voter has been caught up
-//! and responsive for `preferred_settle_ticks`. A slow or partitioned
-//! preferred node is never caught up and responsive, so it is never chosen.
-//! A hand-over that fails backs off exponentially on both sides: the leader
-//! waits longer before choosing that node again, and the node itself ignores
-//! TimeoutNow for a while after an election it was handed did not make it
-//! leader (that side survives leader changes), so leadership does not flap.
+//! Preferred leaders (`Config::preferred_leaders`, replaced at run time by
+//! `set_preferred_leaders`): a leader that is not the most preferred
+//! available node hands over to a more preferred voter once that voter has
+//! been caught up and responsive for `preferred_settle_ticks`. A slow or
+//! partitioned preferred node is never caught up and responsive, so it is
+//! never chosen. A hand-over that fails backs off exponentially on both
+//! sides: the leader waits longer before choosing that node again, and the
+//! node itself ignores TimeoutNow for a while after an election it was
+//! handed did not make it leader (that side survives leader changes), so
+//! leadership does not flap.
 
 use crate::Raft;
 use crate::error::Error;
@@ -58,6 +60,31 @@ impl<S: Storage> Raft<S> {
         self.needs_flush = true;
         self.maybe_send_timeout_now(target);
         Ok(())
+    }
+
+    /// Replaces the preferred leaders (most preferred first) at run time;
+    /// `Config::preferred_leaders` is only the starting list. A hosting layer
+    /// that replicates the setting calls this on every node when it applies
+    /// it (and again after a restart). An unchanged list changes nothing.
+    ///
+    /// Otherwise every voter's settle time starts over (a node that was
+    /// not watched while it was not preferred has no valid "caught up
+    /// since"), and the hand-over back-off of nodes no longer preferred is
+    /// forgotten. A transfer already under way is left to finish or time out.
+    pub fn set_preferred_leaders(&mut self, leaders: Vec<NodeId>) {
+        if leaders == self.cfg.preferred_leaders {
+            return;
+        }
+        self.preferred_backoff.retain(|id, _| leaders.contains(id));
+        for p in self.progress.values_mut() {
+            p.caught_up_since = None;
+        }
+        self.cfg.preferred_leaders = leaders;
+    }
+
+    /// The preferred leaders in force, most preferred first.
+    pub fn preferred_leaders(&self) -> &[NodeId] {
+        &self.cfg.preferred_leaders
     }
 
     /// Sends TimeoutNow once the transfer target holds our whole log.

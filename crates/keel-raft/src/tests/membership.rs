@@ -528,3 +528,260 @@ fn applying_configurations_at_commit_lets_removed_nodes_commit_a_divergent_log()
         }
     }
 }
+
+// ------------------------------------------------------------ member info
+
+fn info(pairs: &[(NodeId, &str)]) -> std::collections::BTreeMap<NodeId, bytes::Bytes> {
+    pairs
+        .iter()
+        .map(|(id, s)| (*id, bytes::Bytes::copy_from_slice(s.as_bytes())))
+        .collect()
+}
+
+/// A change that sets the given info (and runs `ops`).
+fn set_info(ops: &[ConfChangeOp], pairs: &[(NodeId, &str)]) -> ConfChange {
+    ConfChange {
+        ops: ops.to_vec(),
+        info: info(pairs)
+            .into_iter()
+            .map(|(id, b)| (id, Some(b)))
+            .collect(),
+        lagging: LaggingLearner::Refuse,
+    }
+}
+
+fn propose_change(
+    net: &mut Net,
+    leader: NodeId,
+    c: &ConfChange,
+) -> Result<ConfChangeStatus, Error> {
+    let r = net.raft(leader).propose_change(c, 0);
+    net.settle();
+    r
+}
+
+/// The configurations in a node's log, in order.
+fn configs(net: &Net, id: NodeId) -> Vec<Membership> {
+    net.node(id)
+        .raft
+        .storage()
+        .all()
+        .iter()
+        .filter(|e| e.kind() == EntryKind::Config)
+        .map(|e| decode_membership(&e.body()).unwrap())
+        .collect()
+}
+
+#[test]
+fn an_info_only_change_commits_as_one_non_joint_entry_seen_by_every_node() {
+    let mut net = Net::with_members(&[1, 2, 3], &[4], |_| {});
+    assert!(net.elect(1));
+    let before = configs(&net, 1).len();
+    let c = set_info(&[], &[(1, "10.0.0.1:7000"), (2, "10.0.0.2:7000"), (4, "l")]);
+    let st = propose_change(&mut net, 1, &c).unwrap();
+    let ConfChangeStatus::Proposed(p) = st else {
+        panic!("not proposed: {st:?}");
+    };
+    assert_eq!(p.record_count, 0);
+    net.tick_all(3);
+    let logged = configs(&net, 1);
+    assert_eq!(logged.len(), before + 1, "one entry: {logged:?}");
+    assert!(!logged[before].is_joint());
+    let want = info(&[(1, "10.0.0.1:7000"), (2, "10.0.0.2:7000"), (4, "l")]);
+    for id in 1..=4 {
+        let st = net.node(id).raft.status();
+        assert!(st.commit >= p.index, "node {id} committed the change");
+        let m = net.node(id).raft.membership();
+        assert_eq!(m.info, want, "node {id}");
+        assert_eq!(m.voters, [1, 2, 3].into(), "node {id}");
+        assert_eq!(m.learners, [4].into(), "node {id}");
+    }
+    // Changing one member's info and clearing another's is again one entry.
+    let mut c = set_info(&[], &[(2, "10.0.0.22:7000")]);
+    c.info.insert(4, None);
+    propose_change(&mut net, 1, &c).unwrap();
+    net.tick_all(3);
+    assert_eq!(configs(&net, 1).len(), before + 2);
+    for id in 1..=4 {
+        assert_eq!(
+            net.node(id).raft.membership().info,
+            info(&[(1, "10.0.0.1:7000"), (2, "10.0.0.22:7000")]),
+            "node {id}"
+        );
+    }
+    // The group still works.
+    net.propose(1, b"after").unwrap();
+    assert_eq!(net.applied_data(3), vec![b"after".to_vec()]);
+}
+
+#[test]
+fn info_travels_through_a_joint_change_and_a_removed_members_info_is_gone() {
+    let mut net = Net::new(3);
+    assert!(net.elect(1));
+    propose_change(&mut net, 1, &set_info(&[], &[(1, "a"), (2, "b"), (3, "c")])).unwrap();
+    net.tick_all(3);
+    for id in [4, 5] {
+        net.add_node(id, |_| {});
+    }
+    // {1,2,3} -> {3,4,5}, naming the new voters and renaming node 3.
+    let c = set_info(
+        &[
+            ConfChangeOp::AddVoter(4),
+            ConfChangeOp::AddVoter(5),
+            ConfChangeOp::Remove(1),
+            ConfChangeOp::Remove(2),
+        ],
+        &[(3, "c2"), (4, "d"), (5, "e")],
+    );
+    assert!(matches!(
+        propose_change(&mut net, 1, &c),
+        Ok(ConfChangeStatus::Proposed(_))
+    ));
+    net.tick_all(50);
+    let logged = configs(&net, 3);
+    let n = logged.len();
+    let (joint, last) = (&logged[n - 2], &logged[n - 1]);
+    assert!(joint.is_joint());
+    assert_eq!(
+        joint.info,
+        info(&[(1, "a"), (2, "b"), (3, "c2"), (4, "d"), (5, "e")]),
+        "outgoing voters keep their info while they still vote"
+    );
+    assert!(!last.is_joint());
+    assert_eq!(last.voters, [3, 4, 5].into());
+    let want = info(&[(3, "c2"), (4, "d"), (5, "e")]);
+    assert_eq!(last.info, want, "the removed members' info is gone");
+    for id in [3, 4, 5] {
+        assert_eq!(net.node(id).raft.membership().info, want, "node {id}");
+        assert!(!net.node(id).raft.membership().is_joint());
+    }
+    let l = net.leaders();
+    assert_eq!(l.len(), 1);
+    assert!([3, 4, 5].contains(&l[0]));
+    // Removing a learner drops its info in one entry.
+    let l = l[0];
+    propose_change(
+        &mut net,
+        l,
+        &set_info(&[ConfChangeOp::AddLearner(6)], &[(6, "f")]),
+    )
+    .unwrap();
+    net.tick_all(3);
+    assert_eq!(net.node(l).raft.membership().info[&6], "f");
+    change(&mut net, l, &[ConfChangeOp::Remove(6)]).unwrap();
+    net.tick_all(3);
+    assert_eq!(net.node(l).raft.membership().info, want);
+}
+
+#[test]
+fn info_for_a_non_member_and_a_change_that_alters_nothing_are_refused() {
+    let mut net = Net::new(3);
+    assert!(net.elect(1));
+    propose_change(&mut net, 1, &set_info(&[], &[(1, "a")])).unwrap();
+    net.tick_all(3);
+    let last = net.node(1).raft.status().last_index;
+    let e = propose_change(&mut net, 1, &set_info(&[], &[(9, "x")])).unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidConfChange(why) if why.contains("node 9") && why.contains("not a member")),
+        "{e}"
+    );
+    // Nor for a node the same change removes.
+    let e = propose_change(
+        &mut net,
+        1,
+        &set_info(&[ConfChangeOp::Remove(3)], &[(3, "x")]),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::InvalidConfChange(_)), "{e}");
+    // A change that alters nothing: no ops and no info, the same info
+    // again, clearing info nobody has, adding a voter that is one.
+    let mut clear_absent = ConfChange::default();
+    clear_absent.info.insert(2, None);
+    for c in [
+        ConfChange::default(),
+        set_info(&[], &[(1, "a")]),
+        clear_absent,
+        set_info(&[ConfChangeOp::AddVoter(2)], &[]),
+    ] {
+        let e = propose_change(&mut net, 1, &c).unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidConfChange(why) if why.contains("as it is")),
+            "{c:?}: {e}"
+        );
+    }
+    assert_eq!(
+        net.node(1).raft.status().last_index,
+        last,
+        "nothing was appended"
+    );
+    // Info too large for the entry.
+    let mut big = ConfChange::default();
+    big.info
+        .insert(2, Some(bytes::Bytes::from(vec![0; MAX_INFO_BYTES + 1])));
+    assert!(matches!(
+        propose_change(&mut net, 1, &big),
+        Err(Error::InvalidConfChange(_))
+    ));
+}
+
+#[test]
+fn a_waiting_change_keeps_its_info() {
+    let mut net = Net::with_members(&[1, 2, 3], &[4], |c| c.learner_max_lag = 2);
+    assert!(net.elect(1));
+    net.isolate(4);
+    for i in 0..10u8 {
+        net.propose(1, &[i]).unwrap();
+    }
+    let mut c = set_info(&[ConfChangeOp::AddVoter(4)], &[(4, "d")]);
+    c.lagging = LaggingLearner::Wait;
+    assert_eq!(
+        propose_change(&mut net, 1, &c).unwrap(),
+        ConfChangeStatus::Waiting
+    );
+    net.heal();
+    net.tick_all(5);
+    assert!(matches!(
+        net.node(1).conf_events[..],
+        [ConfChangeEvent::Proposed(_)]
+    ));
+    for id in 1..=4 {
+        let m = net.node(id).raft.membership();
+        assert_eq!(m.voters, [1, 2, 3, 4].into(), "node {id}");
+        assert_eq!(m.info, info(&[(4, "d")]), "node {id}");
+    }
+}
+
+#[test]
+fn a_restarted_node_recovers_member_info_from_its_last_configuration_entries() {
+    let mut net = Net::new(3);
+    assert!(net.elect(1));
+    propose_change(&mut net, 1, &set_info(&[], &[(1, "a"), (2, "b"), (3, "c")])).unwrap();
+    net.tick_all(3);
+    net.add_node(4, |_| {});
+    propose_change(
+        &mut net,
+        1,
+        &set_info(&[ConfChangeOp::AddLearner(4)], &[(4, "d")]),
+    )
+    .unwrap();
+    net.tick_all(3);
+    propose_change(
+        &mut net,
+        1,
+        &set_info(&[ConfChangeOp::AddVoter(4)], &[(2, "b2")]),
+    )
+    .unwrap();
+    net.tick_all(3);
+    net.propose(1, b"x").unwrap();
+    let want = net.node(1).raft.membership().clone();
+    assert_eq!(want.info, info(&[(1, "a"), (2, "b2"), (3, "c"), (4, "d")]));
+    assert_eq!(want.voters, [1, 2, 3, 4].into());
+    for id in [2, 4] {
+        net.restart(id);
+        assert_eq!(net.node(id).raft.membership(), &want, "node {id}");
+    }
+    // And the restarted nodes go on with it.
+    net.tick_all(3);
+    net.propose(1, b"y").unwrap();
+    assert_eq!(net.node(4).raft.membership(), &want);
+}

@@ -4,6 +4,7 @@
 mod harness;
 
 mod election;
+mod hosting;
 mod input;
 mod membership;
 mod paper;

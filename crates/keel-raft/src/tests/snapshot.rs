@@ -232,3 +232,46 @@ fn after_a_restart_a_snapshot_describes_the_configuration_of_its_own_index() {
         .unwrap();
     assert_eq!(later.membership, Membership::new([1, 2, 3], [4, 5, 6]));
 }
+
+#[test]
+fn a_snapshot_meta_carries_member_info_and_a_follower_installing_it_has_it() {
+    let mut net = Net::new(3);
+    assert!(net.elect(1));
+    net.isolate(3);
+    let mut change = ConfChange::default();
+    for (id, s) in [(1, "a"), (2, "b"), (3, "c")] {
+        change
+            .info
+            .insert(id, Some(bytes::Bytes::copy_from_slice(s.as_bytes())));
+    }
+    let ConfChangeStatus::Proposed(p) = net.raft(1).propose_change(&change, 0).unwrap() else {
+        panic!("an info change does not wait");
+    };
+    net.settle();
+    for i in 0..10u8 {
+        net.propose(1, &[i]).unwrap();
+    }
+    let meta = net.snapshot(1, 0);
+    let want = net.node(1).raft.membership().clone();
+    assert_eq!(want.info.len(), 3);
+    assert_eq!(
+        meta.membership, want,
+        "the snapshot's configuration has the info"
+    );
+    assert!(
+        net.node(1).raft.status().first_index > p.index,
+        "the configuration entry is compacted: only the snapshot has it"
+    );
+    assert!(net.node(3).raft.membership().info.is_empty());
+    net.heal();
+    net.tick_all(10);
+    assert_eq!(net.node(3).installs, 1);
+    assert_eq!(net.node(3).raft.membership(), &want);
+    assert_eq!(
+        net.node(3).raft.storage().snapshot().unwrap().membership,
+        want
+    );
+    // A restart from the installed snapshot keeps it too.
+    net.restart(3);
+    assert_eq!(net.node(3).raft.membership(), &want);
+}

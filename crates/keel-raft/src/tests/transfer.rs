@@ -178,3 +178,59 @@ fn a_preferred_node_that_cannot_win_is_backed_off() {
     assert_eq!(net.leaders().len(), 1);
     assert_ne!(net.leaders(), vec![3]);
 }
+
+#[test]
+fn set_preferred_leaders_at_run_time_hands_over_to_the_newly_preferred_voter() {
+    let mut net = Net::with(3, |c| c.preferred_settle_ticks = 20);
+    assert!(net.elect(1));
+    net.propose(1, b"a").unwrap();
+    net.tick_all(60);
+    assert_eq!(net.leaders(), vec![1], "nobody is preferred yet");
+    // The hosting layer applies the setting on every node.
+    for id in 1..=3 {
+        net.raft(id).set_preferred_leaders(vec![3]);
+        assert_eq!(net.node(id).raft.preferred_leaders(), &[3]);
+    }
+    net.tick_all(10);
+    assert_eq!(net.leaders(), vec![1], "not before the settle time");
+    net.tick_all(20);
+    assert_eq!(net.leaders(), vec![3]);
+    // Preferring another node moves leadership again, after it settles.
+    for id in 1..=3 {
+        net.raft(id).set_preferred_leaders(vec![2, 3]);
+    }
+    net.tick_all(10);
+    assert_eq!(net.leaders(), vec![3]);
+    net.tick_all(20);
+    assert_eq!(net.leaders(), vec![2]);
+    net.propose(2, b"b").unwrap();
+    assert_eq!(net.applied_data(3), vec![b"a".to_vec(), b"b".to_vec()]);
+    // No preference: leadership stays where it is.
+    let term = net.node(2).raft.term();
+    for id in 1..=3 {
+        net.raft(id).set_preferred_leaders(Vec::new());
+    }
+    net.tick_all(200);
+    assert_eq!(net.leaders(), vec![2]);
+    assert_eq!(net.node(2).raft.term(), term);
+}
+
+#[test]
+fn a_node_preferred_again_must_settle_again() {
+    // Node 3 is preferred, then not (while it stays caught up), then
+    // preferred again: the leader must not hand over at once on the strength
+    // of a "caught up since" from before.
+    let mut net = Net::with(3, |c| {
+        c.preferred_leaders = vec![3];
+        c.preferred_settle_ticks = 20;
+    });
+    assert!(net.elect(1));
+    net.tick_all(15);
+    net.raft(1).set_preferred_leaders(vec![]);
+    net.tick_all(30);
+    net.raft(1).set_preferred_leaders(vec![3]);
+    net.tick_all(5);
+    assert_eq!(net.leaders(), vec![1], "handed over without settling again");
+    net.tick_all(20);
+    assert_eq!(net.leaders(), vec![3]);
+}
