@@ -20,6 +20,7 @@ const BOUNDS: [f64; 17] = [
 type Counter = fn(&GroupMetrics) -> &AtomicU64;
 type Hist = fn(&GroupMetrics) -> &Histogram;
 
+/// A latency histogram with fixed buckets.
 #[derive(Debug, Default)]
 pub struct Histogram {
     buckets: [AtomicU64; BOUNDS.len()],
@@ -28,6 +29,7 @@ pub struct Histogram {
 }
 
 impl Histogram {
+    /// Counts one observation.
     pub fn observe(&self, d: Duration) {
         let s = d.as_secs_f64();
         if let Some(i) = BOUNDS.iter().position(|b| s <= *b) {
@@ -54,53 +56,80 @@ impl Histogram {
 /// The metrics of one raft group on this node.
 #[derive(Debug, Default)]
 pub struct GroupMetrics {
+    /// The group.
     pub group: u64,
+    /// Proposal requests received.
     pub append_requests: AtomicU64,
+    /// Records proposed.
     pub append_records: AtomicU64,
+    /// Bytes of records proposed.
     pub append_bytes: AtomicU64,
+    /// Proposals refused.
     pub append_errors: AtomicU64,
     /// From the request reaching the group to its acknowledgement.
     pub append_latency: Histogram,
+    /// Entries proposed.
     pub proposals: AtomicU64,
     /// From proposing an entry to applying it (leader).
     pub commit_latency: Histogram,
+    /// Entries applied.
     pub applied_entries: AtomicU64,
+    /// Records applied.
     pub applied_records: AtomicU64,
     /// From submitting a write to the store to its fdatasync completing.
     pub fsync_latency: Histogram,
+    /// The current term.
     pub term: AtomicU64,
     /// 0 follower, 1 pre-candidate, 2 candidate, 3 leader.
     pub role: AtomicU64,
+    /// The known leader (0: none).
     pub leader: AtomicU64,
+    /// Leader changes seen.
     pub leader_changes: AtomicU64,
+    /// The commit index.
     pub commit_index: AtomicU64,
+    /// The index served (applied and marked).
     pub applied_index: AtomicU64,
+    /// Reads asked for.
     pub reads: AtomicU64,
     /// 1 while the group's store is refusing writes for want of space.
     pub disk_full: AtomicU64,
+    /// Leader only: entries each follower is behind.
     pub follower_lag: Mutex<BTreeMap<u64, u64>>,
 }
 
 /// Counters of the peer transport.
 #[derive(Debug, Default)]
 pub struct TransportMetrics {
+    /// Frames written.
     pub frames_sent: AtomicU64,
+    /// Bytes written.
     pub bytes_sent: AtomicU64,
+    /// Write calls.
     pub writes: AtomicU64,
+    /// Frames read.
     pub frames_received: AtomicU64,
+    /// Bytes read.
     pub bytes_received: AtomicU64,
+    /// Connections closed for bad input.
     pub bad_frames: AtomicU64,
+    /// Outbound connections made.
     pub connects: AtomicU64,
 }
 
+/// Every metric of a node.
 #[derive(Debug, Default)]
 pub struct Registry {
+    /// This node.
     pub node_id: u64,
+    /// Every group's metrics.
     pub groups: Mutex<Vec<Arc<GroupMetrics>>>,
+    /// The transport's counters.
     pub transport: TransportMetrics,
 }
 
 impl Registry {
+    /// An empty registry for node `node_id`.
     pub fn new(node_id: u64) -> Arc<Self> {
         Arc::new(Registry {
             node_id,
@@ -108,6 +137,7 @@ impl Registry {
         })
     }
 
+    /// Registers (and returns) the metrics of a group.
     pub fn group(&self, group: u64) -> Arc<GroupMetrics> {
         let g = Arc::new(GroupMetrics {
             group,
@@ -120,6 +150,7 @@ impl Registry {
         g
     }
 
+    /// Renders everything in Prometheus' text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let groups = self

@@ -1,0 +1,150 @@
+//! Writes in flight, and what a full disk does.
+//!
+//! Every write handed to the driver is kept whole (hard state and entries)
+//! until it is reported durable. When the driver reports one refused for
+//! want of space (the store leaves nothing of it, nor of anything queued
+//! behind it), that write and every later one move, in order, into a
+//! `deferred` queue; new writes join the queue instead of going out; the
+//! group goes on stepping and ticking, but nothing deferred is reported
+//! persisted, so raft's persistence gate holds this node's acknowledgements
+//! and votes and keeps the entries in memory. Proposals are refused with
+//! `DiskFull`. Every `disk_full_retry_ticks` the queue is handed out again
+//! in order (an append replaces the log from its first index, so replaying
+//! the writes in order gives the log they would have given); once space is
+//! freed the group resumes by itself.
+
+use std::collections::VecDeque;
+
+use keel_raft::{Raft, Storage};
+
+use super::{GroupCore, Write, WriteOutcome};
+use crate::state_machine::StateMachine;
+
+pub(crate) struct DiskFull {
+    pub(crate) why: String,
+    retry_at: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Writes {
+    /// Handed to the driver, not yet reported: persist-id order.
+    in_flight: VecDeque<Write>,
+    /// Waiting for disk space, persist-id order (only while `disk_full`).
+    deferred: VecDeque<Write>,
+    pub(crate) disk_full: Option<DiskFull>,
+    /// The highest write reported durable and not yet told to raft.
+    done_upto: Option<u64>,
+    /// A write that installs a snapshot is in flight.
+    pub(crate) install_in_flight: bool,
+}
+
+impl Writes {
+    /// A new write from a Ready: out to the driver, or deferred.
+    pub(crate) fn push(&mut self, w: Write, out: &mut Vec<Write>) {
+        if self.disk_full.is_some() {
+            self.deferred.push_back(w);
+        } else {
+            self.in_flight.push_back(w.clone());
+            out.push(w);
+        }
+    }
+
+    /// Tells raft about writes reported durable since the last call.
+    pub(crate) fn report_persisted<S: Storage>(
+        &mut self,
+        raft: &mut Raft<S>,
+        failed: &mut Option<String>,
+    ) {
+        if let Some(id) = self.done_upto.take()
+            && failed.is_none()
+            && let Err(e) = raft.on_persisted(id)
+        {
+            tracing::error!(group = raft.config().group, error = %e, "persistence notice refused");
+        }
+    }
+}
+
+impl<S: Storage, M: StateMachine> GroupCore<S, M> {
+    /// Reports how the write `id` ended. Writes must be reported in the
+    /// order they were handed out.
+    pub fn write_done(&mut self, id: u64, outcome: WriteOutcome) {
+        if self.failed.is_some() {
+            return;
+        }
+        match outcome {
+            WriteOutcome::Done => {
+                let w = &mut self.writes;
+                match w.in_flight.front() {
+                    Some(f) if f.id == id => {
+                        let f = w.in_flight.pop_front().expect("front checked");
+                        if f.install.is_some() {
+                            w.install_in_flight = false;
+                        }
+                        w.done_upto = Some(id);
+                    }
+                    // A write the driver forgot after a refusal for space,
+                    // completed anyway: it is deferred and comes again.
+                    _ if w.deferred.iter().any(|d| d.id == id) => {}
+                    _ => self.fail(format!(
+                        "the driver reported write {id} done out of order (expected {:?})",
+                        self.writes.in_flight.front().map(|f| f.id)
+                    )),
+                }
+            }
+            WriteOutcome::NoSpace(why) => {
+                let w = &mut self.writes;
+                if !w.in_flight.iter().any(|f| f.id == id) {
+                    return; // already deferred with an earlier refusal
+                }
+                let mut taken: VecDeque<Write> = w.in_flight.drain(..).collect();
+                taken.append(&mut w.deferred);
+                w.deferred = taken;
+                self.enter_disk_full(why);
+            }
+            WriteOutcome::Failed(why) => self.fail(why),
+        }
+    }
+
+    fn enter_disk_full(&mut self, why: String) {
+        let retry_at = self.ticks + self.settings.disk_full_retry_ticks;
+        match &mut self.writes.disk_full {
+            Some(d) => {
+                d.why = why;
+                d.retry_at = retry_at;
+            }
+            None => {
+                tracing::warn!(group = self.group, error = %why, writes = self.writes.deferred.len(), "the disk is full: this node's writes wait (nothing lost, nothing acknowledged meanwhile) and proposals are refused; free space and it resumes by itself");
+                self.writes.disk_full = Some(DiskFull { why, retry_at });
+            }
+        }
+    }
+
+    /// Every tick: hand the deferred writes out again when it is time.
+    pub(crate) fn writes_tick(&mut self) {
+        let Some(d) = &self.writes.disk_full else {
+            return;
+        };
+        if self.ticks < d.retry_at {
+            return;
+        }
+        let w = &mut self.writes;
+        let writes: Vec<Write> = w.deferred.drain(..).collect();
+        w.disk_full = None;
+        for wr in writes {
+            w.in_flight.push_back(wr.clone());
+            self.out.writes.push(wr);
+        }
+        tracing::info!(
+            group = self.group,
+            "trying the writes that waited for disk space again"
+        );
+    }
+}
+
+impl<S: Storage, M: StateMachine> GroupCore<S, M> {
+    /// The driver could not carry out a write the core asked for (staging
+    /// or installing a snapshot): the group stops.
+    pub fn write_failed(&mut self, why: String) {
+        self.fail(why);
+    }
+}
