@@ -32,7 +32,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
-pub use keel_proto::v1::{Record, StatusResponse};
+pub use keel_proto::v1::{
+    JoinRequest, JoinResponse, Member, MemberChange, MembersResponse, Record, StatusResponse,
+    member_change,
+};
 /// gRPC status codes, as carried by [`ClientError::Rpc`].
 pub use tonic::Code;
 
@@ -398,6 +401,72 @@ impl Client {
             .await
     }
 
+    /// The configuration of the default log, as the leader (or whichever
+    /// node answers) sees it.
+    pub async fn members(&self) -> Result<MembersResponse, ClientError> {
+        self.core
+            .call(true, |mut c| async move {
+                c.members(MembersRequest { log: 0 })
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await
+    }
+
+    /// Changes the membership of the default log; every change takes effect
+    /// together. Waits up to `timeout` (learners catching up included);
+    /// with `no_wait`, a learner that is behind is refused at once. Not
+    /// retried once sent: an unanswered change may still complete.
+    pub async fn change_members(
+        &self,
+        changes: Vec<MemberChange>,
+        timeout: Duration,
+        no_wait: bool,
+    ) -> Result<MembersResponse, ClientError> {
+        let req = ChangeMembersRequest {
+            log: 0,
+            changes,
+            timeout_ms: timeout.as_millis().min(u32::MAX as u128) as u32,
+            no_wait,
+        };
+        self.core
+            .call_with(
+                false,
+                timeout + self.core.opts.attempt_timeout,
+                move |mut c| {
+                    let req = req.clone();
+                    async move { c.change_members(req).await.map(|r| r.into_inner()) }
+                },
+            )
+            .await
+    }
+
+    /// Sets (`Some`) or clears (`None`) the default log's preferred leader.
+    pub async fn set_preferred_leader(
+        &self,
+        id: Option<u64>,
+    ) -> Result<MembersResponse, ClientError> {
+        let req = SetPreferredLeaderRequest {
+            log: 0,
+            id: id.unwrap_or(0),
+        };
+        self.core
+            .call(true, move |mut c| async move {
+                c.set_preferred_leader(req).await.map(|r| r.into_inner())
+            })
+            .await
+    }
+
+    /// Asks the cluster to admit this node (see the `Join` call).
+    pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse, ClientError> {
+        self.core
+            .call_with(true, Duration::from_secs(10), move |mut c| {
+                let req = req.clone();
+                async move { c.join(req).await.map(|r| r.into_inner()) }
+            })
+            .await
+    }
+
     /// The endpoint requests currently go to (the leader, once found).
     pub fn target(&self) -> String {
         self.core.lock().target.clone()
@@ -506,7 +575,24 @@ impl Core {
         F: Fn(KeelClient<Channel>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let deadline = Instant::now() + self.opts.timeout;
+        self.call_with(idempotent, self.opts.attempt_timeout, f)
+            .await
+    }
+
+    /// [`call`](Self::call) with its own bound on one attempt (for requests
+    /// that legitimately take long, like a membership change that waits for
+    /// a learner), and a deadline at least that long.
+    async fn call_with<T, F, Fut>(
+        &self,
+        idempotent: bool,
+        attempt_timeout: Duration,
+        f: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(KeelClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + self.opts.timeout.max(attempt_timeout);
         let mut backoff = Duration::from_millis(10);
         // What a server last answered, and the last connection failure:
         // when giving up, the answer says more than a node that is down.
@@ -557,7 +643,7 @@ impl Core {
                 .max_encoding_message_size(MAX_MESSAGE);
             let left = deadline.saturating_duration_since(Instant::now());
             let wait = left
-                .min(self.opts.attempt_timeout.max(Duration::from_millis(1)))
+                .min(attempt_timeout.max(Duration::from_millis(1)))
                 .max(Duration::from_millis(1));
             let st = match tokio::time::timeout(wait, f(c)).await {
                 Ok(Ok(v)) => {
@@ -571,7 +657,7 @@ impl Core {
                     self.move_on_from(&addr);
                     if !idempotent {
                         return Err(ClientError::Ambiguous(format!(
-                            "{addr} did not answer within {wait:?}; the append may still commit"
+                            "{addr} did not answer within {wait:?}; the request may still take effect"
                         )));
                     }
                     said = Some(format!("{addr} did not answer within {wait:?}"));

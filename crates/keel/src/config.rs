@@ -45,15 +45,34 @@ pub struct ServerArgs {
     /// [default: 127.0.0.1:7072]
     #[arg(long, env = "KEEL_METRICS_ADDR", value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
-    /// Every member's peer address, this node included:
-    /// `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`. [default: this node alone]
+    /// Bootstraps a NEW cluster with these founding members (peer
+    /// addresses, this node included): `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`.
+    /// Used only on an empty data directory; a node with data uses the
+    /// configuration in its log (change it with `keel members`), and
+    /// refuses a --peers other than the one it was created with.
+    /// [default: this node alone]
     #[arg(long, env = "KEEL_PEERS", value_name = "ID=HOST:PORT,...")]
     pub peers: Option<String>,
-    /// Names the cluster. The cluster id (checked between peers and against
-    /// the data directory) is derived from it; without it, from the --peers
-    /// list.
+    /// Joins an EXISTING cluster through any of its members' client
+    /// addresses: on an empty data directory, asks to be admitted (as a
+    /// learner), then catches up; `keel members promote ID` makes it a
+    /// voter. Ignored once the node has data.
+    #[arg(
+        long,
+        env = "KEEL_JOIN",
+        value_name = "HOST:PORT,...",
+        conflicts_with = "peers"
+    )]
+    pub join: Option<String>,
+    /// Names the cluster (at bootstrap, part of the cluster id that peers
+    /// check). A node with data refuses a name other than its cluster's.
     #[arg(long, env = "KEEL_CLUSTER_NAME")]
     pub cluster_name: Option<String>,
+    /// The node that should lead the default log when it is caught up
+    /// (DLedger's preferredLeaderId). Sets the log's replicated preference
+    /// if it has none; `keel members prefer` changes it later.
+    #[arg(long, env = "KEEL_PREFERRED_LEADER", value_name = "ID")]
+    pub preferred_leader: Option<u64>,
     /// Largest record accepted, in bytes. [default: 1048576]
     #[arg(long, env = "KEEL_MAX_RECORD_BYTES")]
     pub max_record_bytes: Option<usize>,
@@ -92,7 +111,9 @@ struct FileConfig {
     peer_addr: Option<String>,
     metrics_addr: Option<String>,
     peers: Option<PeersSpec>,
+    join: Option<String>,
     cluster_name: Option<String>,
+    preferred_leader: Option<u64>,
     max_record_bytes: Option<usize>,
     request_timeout_ms: Option<u64>,
     tick_ms: Option<u64>,
@@ -109,9 +130,12 @@ pub struct ServerConfig {
     pub client_addr: String,
     pub peer_addr: String,
     pub metrics_addr: Option<String>,
-    pub peers: BTreeMap<u64, String>,
+    /// Founding members, for a bootstrap (None: this node alone).
+    pub peers: Option<BTreeMap<u64, String>>,
+    /// Client addresses of a cluster to join.
+    pub join: Option<Vec<String>>,
     pub cluster_name: Option<String>,
-    pub cluster_id: u64,
+    pub preferred_leader: Option<u64>,
     pub max_record_bytes: usize,
     pub request_timeout: Duration,
     pub tick: Duration,
@@ -168,17 +192,6 @@ pub fn check_addr(addr: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// FNV-1a, 64 bits: stable across builds and platforms (unlike std's
-/// hasher), for cluster ids.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 impl ServerConfig {
     pub fn resolve(args: &ServerArgs) -> Result<ServerConfig, StartError> {
         let bad = |s: String| StartError::Config(s);
@@ -217,16 +230,40 @@ impl ServerConfig {
             .or_else(|| peers.as_ref().and_then(|p| p.get(&id).cloned()))
             .unwrap_or_else(|| DEFAULT_PEER_ADDR.to_string());
         check_addr(&peer_addr).map_err(|e| bad(format!("--peer-addr: {e}")))?;
-        let peers = peers.unwrap_or_else(|| BTreeMap::from([(id, peer_addr.clone())]));
-        if !peers.contains_key(&id) {
+        if let Some(peers) = &peers
+            && !peers.contains_key(&id)
+        {
             return Err(bad(format!(
-                "node {id} is not in --peers ({}); list every member, this node included",
+                "node {id} is not in --peers ({}); list every founding member, this node included",
                 peers
                     .keys()
                     .map(|k| k.to_string())
                     .collect::<Vec<_>>()
                     .join(", ")
             )));
+        }
+        let join = match args.join.clone().or(file.join) {
+            None => None,
+            Some(s) => {
+                let list: Vec<String> = s
+                    .split(',')
+                    .map(|e| e.trim().to_string())
+                    .filter(|e| !e.is_empty())
+                    .collect();
+                if list.is_empty() {
+                    return Err(bad("--join needs at least one HOST:PORT".into()));
+                }
+                for e in &list {
+                    check_addr(e).map_err(|e| bad(format!("--join: {e}")))?;
+                }
+                Some(list)
+            }
+        };
+        if join.is_some() && peers.is_some() {
+            return Err(bad(
+                "--join joins an existing cluster and --peers bootstraps a new one; give one of them"
+                    .into(),
+            ));
         }
         let client_addr = args
             .client_addr
@@ -247,17 +284,10 @@ impl ServerConfig {
             }
         };
         let cluster_name = args.cluster_name.clone().or(file.cluster_name);
-        let cluster_id = match &cluster_name {
-            Some(n) => fnv1a(format!("keel-cluster-name:{n}").as_bytes()),
-            None => {
-                let list = peers
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(",");
-                fnv1a(format!("keel-cluster-peers:{list}").as_bytes())
-            }
-        };
+        let preferred_leader = args.preferred_leader.or(file.preferred_leader);
+        if preferred_leader == Some(0) {
+            return Err(bad("--preferred-leader 0 is not a node id".into()));
+        }
         let max_record_bytes = args
             .max_record_bytes
             .or(file.max_record_bytes)
@@ -296,8 +326,9 @@ impl ServerConfig {
             peer_addr,
             metrics_addr,
             peers,
+            join,
             cluster_name,
-            cluster_id,
+            preferred_leader,
             max_record_bytes,
             request_timeout: Duration::from_millis(timeout_ms.max(1)),
             tick: Duration::from_millis(tick_ms),
@@ -318,7 +349,8 @@ mod tests {
         assert_eq!(c.id, 1);
         assert_eq!(c.client_addr, DEFAULT_CLIENT_ADDR);
         assert_eq!(c.peer_addr, DEFAULT_PEER_ADDR);
-        assert_eq!(c.peers.len(), 1);
+        assert!(c.peers.is_none(), "no flags: bootstrap this node alone");
+        assert!(c.join.is_none());
         assert_eq!(c.data_dir, PathBuf::from("keel-data"));
         assert_eq!(c.worker_threads, default_worker_threads());
         assert!(c.worker_threads >= 1);
@@ -351,6 +383,22 @@ mod tests {
             ..Default::default()
         };
         assert!(ServerConfig::resolve(&args).is_err());
+        let both = ServerArgs {
+            peers: Some("1=a:1".into()),
+            join: Some("a:7070".into()),
+            ..Default::default()
+        };
+        let e = ServerConfig::resolve(&both).unwrap_err().to_string();
+        assert!(e.contains("give one of them"), "{e}");
+        let join = ServerArgs {
+            id: Some(4),
+            join: Some("a:7070, b:7070".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            ServerConfig::resolve(&join).unwrap().join.unwrap(),
+            vec!["a:7070".to_string(), "b:7070".to_string()]
+        );
     }
 
     #[test]

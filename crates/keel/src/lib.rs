@@ -1,15 +1,15 @@
-//! keel: the node (server), the command line and the load generator.
+//! keel: the server (the log service on the node library), the command
+//! line and the load generator.
 //!
-//! - `node`: a process hosting raft groups: data directory, group drivers,
-//!   peer transport;
+//! - `server`: runs a node hosting the default log; joins a cluster;
+//! - `log_service`: the default log's state machine;
 //! - `api`: the gRPC client API;
 //! - `config`: server settings (flags, `KEEL_*`, TOML);
-//! - `metrics`: Prometheus metrics and their HTTP endpoint;
 //! - `cli`: the client commands, `bench` and `local`.
 
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod error;
-pub mod metrics;
-pub mod node;
+pub mod log_service;
+pub mod server;

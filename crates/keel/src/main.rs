@@ -51,6 +51,9 @@ enum Cmd {
     Status(cli::StatusArgs),
     /// Hand leadership to another node.
     TransferLeader(cli::TransferArgs),
+    /// The configuration, and changes to it while the cluster runs: list,
+    /// add, promote, demote, remove, change, prefer.
+    Members(cli::members::MembersArgs),
     /// Run a throw-away cluster on localhost, each node its own process;
     /// Ctrl-C stops it.
     Local(local::LocalArgs),
@@ -124,7 +127,7 @@ fn main() {
             let level = cli.log_level.clone().or(cfg.log_level.clone());
             init_logging(level.as_deref(), "info");
             runtime(cfg.worker_threads)
-                .block_on(keel::node::run(cfg, shutdown_signal()))
+                .block_on(keel::server::run(cfg, shutdown_signal()))
                 .map_err(|e| e.to_string())
         }
         Cmd::Local(args) => {
@@ -144,6 +147,7 @@ fn main() {
                     Cmd::Tail(a) => cli::tail(a).await,
                     Cmd::Status(a) => cli::status(a).await,
                     Cmd::TransferLeader(a) => cli::transfer_leader(a).await,
+                    Cmd::Members(a) => cli::members::run(a).await,
                     _ => unreachable!("handled above"),
                 }
             })

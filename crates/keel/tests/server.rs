@@ -637,20 +637,22 @@ fn a_paused_leader_does_not_stall_clients_for_their_deadline() {
 fn handshake_as(node: &Node, cluster: u64, from: u64) -> std::net::TcpStream {
     let mut s = std::net::TcpStream::connect(&node.peer_addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let hello = keel::node::frame::encode_hello(&keel::node::frame::Hello {
+    let hello = keel_node::frame::encode_hello(&keel_node::frame::Hello {
         cluster,
         from,
         to: node.id,
+        incarnation: 7,
         client_addr: "127.0.0.1:1".into(),
+        peer_addr: "127.0.0.1:2".into(),
     });
     s.write_all(&hello).unwrap();
     let mut len = [0u8; 4];
     s.read_exact(&mut len).unwrap();
     let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
     s.read_exact(&mut body).unwrap();
-    let reply = keel::node::frame::decode_reply(Bytes::from(body)).unwrap();
+    let reply = keel_node::frame::decode_reply(Bytes::from(body)).unwrap();
     assert!(
-        matches!(reply, keel::node::frame::HelloReply::Accepted { .. }),
+        matches!(reply, keel_node::frame::HelloReply::Accepted { .. }),
         "{reply:?}"
     );
     s

@@ -1,8 +1,9 @@
 //! The client commands of the `keel` binary: append, get, tail, status,
-//! transfer-leader; and `bench` and `local`.
+//! transfer-leader, members; and `bench` and `local`.
 
 pub mod bench;
 pub mod local;
+pub mod members;
 pub mod output;
 
 use std::io::{BufRead, Write};
@@ -134,11 +135,11 @@ pub struct TransferArgs {
 /// An error for the one line on stderr.
 pub type CliResult = Result<(), String>;
 
-fn err(e: impl std::fmt::Display) -> String {
+pub(crate) fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-fn stdout() -> std::io::BufWriter<std::io::StdoutLock<'static>> {
+pub(crate) fn stdout() -> std::io::BufWriter<std::io::StdoutLock<'static>> {
     std::io::BufWriter::new(std::io::stdout().lock())
 }
 
@@ -271,13 +272,48 @@ pub async fn status(a: StatusArgs) -> CliResult {
         .cloned();
     let mut out = stdout();
     if a.client.output == Output::Text {
+        let view = leader_view.as_ref().unwrap_or(&first);
+        let list = |f: &dyn Fn(&str) -> bool| {
+            let v: Vec<String> = view
+                .members
+                .iter()
+                .filter(|m| f(&m.suffrage))
+                .map(|m| m.id.to_string())
+                .collect();
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(",")
+            }
+        };
         output::line(
             &mut out,
             &format!(
-                "{:<4} {:<22} {:<22} {:<10} {:>6} {:>6} {:>10} {:>10} {:>10} {:>12} {:>6}",
+                "voters {}{}; learners {}; preferred leader {}; log starts at index {} (offset {}); snapshot at {}",
+                list(&|s| s != "learner"),
+                if view.joint { " (joint)" } else { "" },
+                list(&|s| s == "learner"),
+                match view.preferred_leader {
+                    0 => "none".to_string(),
+                    p => p.to_string(),
+                },
+                view.first_index,
+                view.first_offset,
+                match view.snapshot_index {
+                    0 => "none".to_string(),
+                    i => format!("index {i}"),
+                },
+            ),
+        )
+        .map_err(err)?;
+        output::line(
+            &mut out,
+            &format!(
+                "{:<4} {:<22} {:<22} {:<8} {:<10} {:>6} {:>6} {:>10} {:>10} {:>10} {:>12} {:>6}",
                 "ID",
                 "CLIENT",
                 "PEER",
+                "MEMBER",
                 "ROLE",
                 "TERM",
                 "LEADER",
@@ -299,10 +335,11 @@ pub async fn status(a: StatusArgs) -> CliResult {
             (Output::Text, Ok(s)) => output::line(
                 &mut out,
                 &format!(
-                    "{:<4} {:<22} {:<22} {:<10} {:>6} {:>6} {:>10} {:>10} {:>10} {:>12} {:>6}",
+                    "{:<4} {:<22} {:<22} {:<8} {:<10} {:>6} {:>6} {:>10} {:>10} {:>10} {:>12} {:>6}{}",
                     s.node_id,
                     s.client_addr,
                     m.peer_addr,
+                    if m.suffrage == "outgoing voter" { "outgoing" } else { &m.suffrage },
                     s.role,
                     s.term,
                     s.leader_id,
@@ -310,7 +347,12 @@ pub async fn status(a: StatusArgs) -> CliResult {
                     s.applied_index,
                     s.last_index,
                     s.end_offset,
-                    lag.map(|l| l.to_string()).unwrap_or_else(|| "-".into())
+                    lag.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+                    if s.refusals.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  refused: {}", s.refusals.join("; "))
+                    }
                 ),
             ),
             (Output::Text, Err(e)) => output::line(
@@ -333,7 +375,11 @@ pub async fn status(a: StatusArgs) -> CliResult {
                     "reachable": true, "role": s.role, "term": s.term, "leader": s.leader_id,
                     "commit_index": s.commit_index, "applied_index": s.applied_index,
                     "last_index": s.last_index, "end_offset": s.end_offset, "lag": lag,
-                    "cluster_id": s.cluster_id,
+                    "cluster_id": s.cluster_id, "suffrage": m.suffrage, "joint": s.joint,
+                    "preferred_leader": (s.preferred_leader != 0).then_some(s.preferred_leader),
+                    "snapshot_index": s.snapshot_index, "first_index": s.first_index,
+                    "first_offset": s.first_offset, "removed": s.removed,
+                    "refusals": s.refusals,
                 })
                 .to_string(),
             ),
