@@ -119,7 +119,7 @@ impl History {
                 invoked.insert(v, i);
             }
         }
-        for (v, offset) in &at {
+        for (offset, v) in log.iter().enumerate() {
             if !invoked.contains_key(v) {
                 return Err(format!(
                     "offset {offset} holds {v:#x}, which no client appended"

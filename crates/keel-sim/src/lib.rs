@@ -1,12 +1,16 @@
-//! keel-sim: a deterministic simulator for keel-raft.
+//! keel-sim: a deterministic simulator of keel-node's group core (the
+//! production driver of a raft group) over keel-raft.
 //!
-//! Several raft nodes run in one thread; one seeded RNG decides message
-//! delays, losses, duplications and reorderings, partitions, crashes that
-//! lose whatever was not reported persisted, pauses, leadership transfers
-//! and client operations. Invariants are checked after every event
-//! ([`invariants`]), the client history is checked for linearizability at
-//! the end ([`history`]), and after the faults heal the cluster must elect a
-//! leader and complete every client's next append within a bound.
+//! Several nodes run in one thread, each a `GroupCore` that this crate only
+//! drives, following the core's output contract. One seeded RNG decides
+//! message delays, losses, duplications and reorderings, partitions,
+//! crashes that lose whatever was not reported persisted, slow and full
+//! disks, pauses, membership changes, leadership transfers and client
+//! operations. Invariants are checked after every event ([`invariants`]
+//! and the driver's own), the client history is checked for
+//! linearizability at the end ([`history`]), and after the faults heal the
+//! cluster must elect a leader and complete every client's next append
+//! within a bound.
 
 pub mod history;
 pub mod invariants;

@@ -6,7 +6,8 @@ use std::time::Instant;
 use clap::Parser;
 use keel_sim::{Bug, FaultMix, SimOptions, run_seed};
 
-/// Deterministic simulation of keel-raft clusters under faults.
+/// Deterministic simulation of keel clusters (keel-node's group core over
+/// keel-raft) under faults.
 ///
 /// Each seed builds a cluster, runs clients against it while a nemesis
 /// injects the chosen faults, checks safety invariants after every event,

@@ -4,16 +4,17 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 
+use bytes::Bytes;
+use keel_node::core::{Answer, Event as CoreEvent, Output, Token, WriteOutcome};
+use keel_node::{ChangeRequest, CoreSettings, GroupError, MemberChange, SnapshotPolicy, Watermark};
 use keel_raft::{
-    BatchBuilder, Config, Error, Membership, Message, MessageBody, NONE, NodeId, ReadMode, Rng,
-    Role,
+    Config, Membership, Message, MessageBody, NONE, NodeId, ReadMode, Rng, Role, Storage,
 };
 
 use crate::history::{History, OpKind, Outcome};
 use crate::invariants::Invariants;
-use crate::node::{Disk, PendingOp, SimNode, encode_value};
+use crate::node::{Disk, InflightWrite, PendingOp, Request, SimNode, encode_value, member_info};
 use crate::options::{Bug, FaultMix, SimOptions};
-use keel_raft::{ConfChangeOp, LaggingLearner, StateMachine, Storage};
 
 /// A message body without its payloads, for traces.
 fn short(b: &MessageBody) -> String {
@@ -52,20 +53,37 @@ enum Req {
 enum Reply {
     Appended(u64),
     Failed,
+    /// The outcome of an append is unknown (ambiguous, or timed out).
+    Unknown,
     NotLeader(NodeId),
     Busy,
-    Read { n: u64, hash: u64 },
+    Read {
+        n: u64,
+        hash: u64,
+    },
     ReadFailed,
 }
 
 #[derive(Debug, Clone)]
 enum Event {
     Tick(NodeId),
-    Deliver(Message),
+    /// Boxed: events move around the queue's heap, most are small.
+    Deliver(Box<Message>),
     PersistDone {
         node: NodeId,
         incarnation: u64,
-        persist_id: u64,
+        id: u64,
+    },
+    /// The applied mark write in flight is durable.
+    MarkDone {
+        node: NodeId,
+        incarnation: u64,
+        mark: Watermark,
+    },
+    /// The snapshot being written is done.
+    SnapshotDone {
+        node: NodeId,
+        incarnation: u64,
     },
     Request {
         node: NodeId,
@@ -83,7 +101,7 @@ enum Event {
     Resume(NodeId),
     /// Crash this node if it still leads this term (churn).
     CrashLeader(NodeId, u64),
-    /// The node snapshots its state machine and compacts its log.
+    /// The node is asked to snapshot now (besides the core's policy).
     Snapshot(NodeId),
     Heal,
 }
@@ -154,6 +172,9 @@ pub struct RunStats {
     pub recovery_ms: u64,
     pub counts: crate::history::Counts,
     pub log_len: usize,
+    /// Membership changes answered with success, with an error.
+    pub changes_ok: u64,
+    pub changes_failed: u64,
 }
 
 pub struct World {
@@ -176,6 +197,9 @@ pub struct World {
     recent: std::collections::VecDeque<String>,
     stats: RunStats,
     cfg_template: Config,
+    settings: CoreSettings,
+    /// Tokens of requests to the cores, from one counter.
+    next_token: Token,
 }
 
 impl World {
@@ -214,11 +238,32 @@ impl World {
             tmpl.preferred_leaders = vec![rng.range(1, n + 1)];
             tmpl.preferred_settle_ticks = 20;
         }
-        // Snapshots in most churn seeds and half the others; without them a
-        // restarted node rebuilds its configuration from the log alone.
+        // Snapshots in most churn seeds and half the others (by the core's
+        // policy, every few entries, and now and then on request); without
+        // them a restarted node rebuilds its configuration from the log
+        // alone.
         let snapshots = rng.chance(if churn { 0.7 } else { 0.5 });
         tmpl.compaction_keep_entries = [0, 5, 50][rng.range(0, 3) as usize];
         tmpl.snapshot_chunk_bytes = [64, 1024, 1 << 20][rng.range(0, 3) as usize];
+        // A snapshot replaced while a follower receives it is sent again from
+        // the start (the newest one): the policy must leave time for a
+        // transfer (one chunk per round trip, ~2 ms) to finish, or a follower
+        // that needs one never catches up.
+        let entries = match tmpl.snapshot_chunk_bytes {
+            64 => rng.range(1_000, 3_000),
+            1024 => rng.range(100, 400),
+            _ => rng.range(5, 200),
+        };
+        let settings = CoreSettings {
+            max_entry_bytes: [64, 4 << 20][rng.range(0, 2) as usize],
+            snapshot: SnapshotPolicy {
+                entries: if snapshots { entries } else { 0 },
+                bytes: 0,
+                compact: true,
+            },
+            disk_full_retry_ticks: 10,
+            record_applied: true,
+        };
         tmpl.learner_max_lag = [0, 16, 1000][rng.range(0, 3) as usize];
         match opts.bug {
             Some(Bug::CommitOldTerm) => tmpl.knobs.commit_old_term = true,
@@ -228,16 +273,19 @@ impl World {
             Some(Bug::SkipJoint) => tmpl.knobs.skip_joint = true,
             None => {}
         }
-        let nodes = (1..=pool)
+        // Founding members hold the bootstrap entry, as the server writes it;
+        // the others start empty, as a joining node does.
+        let nodes: Vec<SimNode> = (1..=pool)
             .map(|id| {
                 let mut c = tmpl.clone();
                 c.id = id;
-                let b = if id <= n {
-                    boot.clone()
+                let disk = if id <= n {
+                    Disk::bootstrap(&boot)
                 } else {
-                    Membership::default()
+                    Disk::default()
                 };
-                SimNode::new(id, c, b, Disk::default(), rng.next_u64(), &[0])
+                SimNode::new(id, c, settings.clone(), disk, rng.next_u64(), &[0])
+                    .expect("a fresh node starts")
             })
             .collect();
         let clients = (0..opts.clients)
@@ -265,7 +313,18 @@ impl World {
             recent: std::collections::VecDeque::new(),
             stats: RunStats::default(),
             cfg_template: tmpl,
+            settings,
+            next_token: 0,
         };
+        for id in 1..=pool {
+            let idx = id as usize - 1;
+            let all = w.nodes[idx].core.raft().storage().all().to_vec();
+            let triples: Vec<_> = all
+                .iter()
+                .map(|e| (e.index(), e.term(), w.nodes[idx].chain[e.index() as usize]))
+                .collect();
+            w.inv.on_written(id, &triples);
+        }
         for id in 1..=pool {
             let phase = w.rng.range(0, TICK_US);
             w.schedule(phase, Event::Tick(id));
@@ -339,13 +398,33 @@ impl World {
         let leaders: Vec<NodeId> = self
             .nodes
             .iter()
-            .filter(|n| n.up && n.raft.role() == Role::Leader)
+            .filter(|n| n.up && n.core.raft().role() == Role::Leader)
             .map(|n| n.id)
             .collect();
         let waiting: Vec<usize> = (0..self.clients.len())
             .filter(|c| !self.clients[*c].ok_after_heal)
             .collect();
         let unresolved: usize = self.nodes.iter().map(|n| n.pending_at_heal.len()).sum();
+        if self.opts.trace {
+            for n in &self.nodes {
+                let st = n.core.status();
+                eprintln!(
+                    "node {} pending {:?}: role {:?} term {} commit {} persisted {} applied {:?} served {:?} last {} failed {:?} voters {:?} inflight {}",
+                    n.id,
+                    n.pending_at_heal,
+                    st.raft.role,
+                    st.raft.term,
+                    st.raft.commit,
+                    st.raft.persisted,
+                    st.applied,
+                    st.served,
+                    st.raft.last_index,
+                    st.failed,
+                    st.membership.voters,
+                    n.disk.inflight.len(),
+                );
+            }
+        }
         format!(
             "liveness: {} ms after healing, leaders {leaders:?}; clients without a new acknowledged append {waiting:?}; {unresolved} proposals pending at healing still unresolved",
             self.opts.liveness_ms
@@ -361,7 +440,7 @@ impl World {
         let Some(l) = self.leader() else { return false };
         // A node removed from the group hears nothing more, so its pending
         // proposals stay unresolved there (their clients time out).
-        let members = self.nodes[l as usize - 1].raft.membership();
+        let members = self.nodes[l as usize - 1].core.raft().membership();
         self.nodes
             .iter()
             .filter(|n| n.member_of(members))
@@ -390,12 +469,18 @@ impl World {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Tick(id) => self.on_tick(id),
-            Event::Deliver(m) => self.on_deliver(m),
+            Event::Deliver(m) => self.on_deliver(*m),
             Event::PersistDone {
                 node,
                 incarnation,
-                persist_id,
-            } => self.on_persist_done(node, incarnation, persist_id),
+                id,
+            } => self.on_persist_done(node, incarnation, id),
+            Event::MarkDone {
+                node,
+                incarnation,
+                mark,
+            } => self.on_mark_done(node, incarnation, mark),
+            Event::SnapshotDone { node, incarnation } => self.on_snapshot_done(node, incarnation),
             Event::Request { node, op, req } => self.on_request(node, op, req),
             Event::Reply { op, reply } => self.on_reply(op, reply),
             Event::ClientNext(c) => self.client_next(c),
@@ -410,8 +495,8 @@ impl World {
                 let n = &self.nodes[id as usize - 1];
                 if self.healed_at.is_none()
                     && n.up
-                    && n.raft.role() == Role::Leader
-                    && n.raft.term() == term
+                    && n.core.raft().role() == Role::Leader
+                    && n.core.raft().term() == term
                 {
                     let after = self.rng.range(5_000, 300_000);
                     self.crash(id, after);
@@ -436,7 +521,7 @@ impl World {
     fn on_tick(&mut self, id: NodeId) {
         let up = self.nodes[id as usize - 1].up;
         if up && !self.nodes[id as usize - 1].paused {
-            self.node(id).raft.tick();
+            self.node(id).core.tick();
             self.process(id);
         }
         self.schedule(TICK_US, Event::Tick(id));
@@ -450,7 +535,7 @@ impl World {
         if !self.nodes[to as usize - 1].up {
             return;
         }
-        if self.deferred(to, &Event::Deliver(m.clone())) {
+        if self.deferred(to, &Event::Deliver(Box::new(m.clone()))) {
             return;
         }
         if self.stats.events + 12 > EVENT_BUDGET {
@@ -472,32 +557,116 @@ impl World {
                 )
             });
         }
+        // The first message from a peer in this life stands for its
+        // handshake, which announces its member info.
+        let from = m.from;
+        let node = self.node(to);
+        if node.observed.insert(from) {
+            node.core.observe(from, member_info(from));
+        }
         // Errors are refusals of bad input; the core stays consistent.
-        let _ = self.node(to).raft.step(m);
+        let _ = node.core.step(m);
         self.process(to);
     }
 
-    fn on_persist_done(&mut self, id: NodeId, incarnation: u64, persist_id: u64) {
-        let n = &self.nodes[id as usize - 1];
+    fn on_persist_done(&mut self, node: NodeId, incarnation: u64, id: u64) {
+        let n = &self.nodes[node as usize - 1];
         if !n.up || n.incarnation != incarnation {
             return;
         }
         if self.deferred(
-            id,
+            node,
             &Event::PersistDone {
-                node: id,
+                node,
                 incarnation,
-                persist_id,
+                id,
             },
         ) {
             return;
         }
-        let node = self.node(id);
-        node.disk.complete(persist_id);
-        if let Err(e) = node.raft.on_persisted(persist_id) {
-            self.inv.violation.get_or_insert(format!("node {id}: {e}"));
+        let now = self.now;
+        let n = self.node(node);
+        if now < n.disk_full_until {
+            if n.disk.inflight.front().is_some_and(|w| w.id <= id)
+                && let Some(refused) = n.disk.refuse()
+            {
+                // What raft reads is what the store holds.
+                *n.core.storage_mut() = n.disk.log.clone();
+                n.no_space = true;
+                n.core.write_done(
+                    refused,
+                    WriteOutcome::NoSpace("no space left on the simulated disk".into()),
+                );
+                self.trace(|| format!("node {node}: no space for write {refused}"));
+            }
+        } else {
+            for done in n.disk.complete(id) {
+                n.core.write_done(done, WriteOutcome::Done);
+            }
         }
-        self.process(id);
+        self.process(node);
+    }
+
+    fn on_mark_done(&mut self, node: NodeId, incarnation: u64, mark: Watermark) {
+        let n = &self.nodes[node as usize - 1];
+        if !n.up || n.incarnation != incarnation {
+            return;
+        }
+        if self.deferred(
+            node,
+            &Event::MarkDone {
+                node,
+                incarnation,
+                mark,
+            },
+        ) {
+            return;
+        }
+        let n = self.node(node);
+        n.mark_in_flight = None;
+        if mark.index < n.disk.mark.index {
+            // The mark file refuses to go back; the server's group stops.
+            let what = format!(
+                "node {node} asked to lower its applied mark from {} to {}",
+                n.disk.mark.index, mark.index
+            );
+            self.inv.violation.get_or_insert(what);
+            return;
+        }
+        n.disk.mark = mark;
+        n.core.mark_done(mark, true);
+        self.trace(|| {
+            format!(
+                "node {node} mark {} (offset {}) durable",
+                mark.index, mark.end_offset
+            )
+        });
+        self.process(node);
+    }
+
+    fn on_snapshot_done(&mut self, node: NodeId, incarnation: u64) {
+        let n = &self.nodes[node as usize - 1];
+        if !n.up || n.incarnation != incarnation {
+            return;
+        }
+        if self.deferred(node, &Event::SnapshotDone { node, incarnation }) {
+            return;
+        }
+        let now = self.now;
+        let n = self.node(node);
+        let Some(job) = n.snapshot_job.take() else {
+            return;
+        };
+        let index = job.meta.index;
+        let r = if now < n.disk_full_until {
+            Err("no space left on the simulated disk".into())
+        } else {
+            n.write_snapshot(job)
+        };
+        let what = format!("node {node} snapshot at {index}: {r:?}");
+        n.core.snapshot_done(index, r);
+        self.trace(|| what);
+        self.process(node);
     }
 
     fn send(&mut self, m: Message) {
@@ -536,7 +705,7 @@ impl World {
             if self.rng.chance(self.net.slow) {
                 delay += self.rng.range(5_000, 80_000);
             }
-            self.schedule(delay, Event::Deliver(m.clone()));
+            self.schedule(delay, Event::Deliver(Box::new(m.clone())));
         }
     }
 
@@ -545,157 +714,325 @@ impl World {
         self.schedule(delay, Event::Reply { op, reply });
     }
 
-    /// Carries out every Ready of node `id`, checking invariants as it goes.
+    /// Polls node `id`'s core and carries out its output, as the server's
+    /// runtime does, until there is nothing left; checks invariants as it
+    /// goes.
     fn process(&mut self, id: NodeId) {
         let idx = id as usize - 1;
-        loop {
-            if !self.nodes[idx].raft.has_ready() {
-                break;
+        for _ in 0..10_000 {
+            if !self.nodes[idx].up {
+                return;
             }
-            let rd = match self.nodes[idx].raft.ready() {
-                Ok(rd) => rd,
-                Err(e) => {
-                    self.inv
-                        .violation
-                        .get_or_insert(format!("node {id}: ready failed: {e}"));
-                    return;
+            let now_ms = self.now / 1000;
+            let out = self.nodes[idx].core.poll(now_ms);
+            if out.is_empty() {
+                self.after_output(id);
+                return;
+            }
+            self.execute(id, out);
+            if self.inv.violation.is_some() {
+                return;
+            }
+        }
+        self.inv
+            .violation
+            .get_or_insert(format!("node {id}: the core never ran out of output"));
+    }
+
+    /// Carries out one output, following the core's contract (see
+    /// `keel_node::core`).
+    fn execute(&mut self, id: NodeId, out: Output<u64>) {
+        let idx = id as usize - 1;
+        let Output {
+            chunks,
+            install,
+            writes,
+            messages,
+            done,
+            mark,
+            snapshot,
+            compact,
+            served,
+            events,
+            applied,
+        } = out;
+        for ev in &events {
+            match ev {
+                CoreEvent::Role(ss) if ss.role == Role::Leader => {
+                    let n = &self.nodes[idx];
+                    self.inv.on_leader(n, ss.term);
+                    self.trace(|| format!("node {id} leads term {}", ss.term));
+                    self.fig8_on_leader(id);
+                    if self.opts.faults == FaultMix::Leaders
+                        && self.healed_at.is_none()
+                        && self.rng.chance(0.3)
+                    {
+                        // Cut a fresh term short, before its no-op spreads.
+                        let after = self.rng.range(500, 40_000);
+                        self.schedule(after, Event::CrashLeader(id, ss.term));
+                    }
                 }
-            };
-            if let Some(ss) = rd.soft_state
-                && ss.role == Role::Leader
+                CoreEvent::Role(_) => {}
+                CoreEvent::Membership(m) => {
+                    self.trace(|| {
+                        format!(
+                            "node {id} configuration: voters {:?} outgoing {:?} learners {:?}",
+                            m.voters, m.outgoing, m.learners
+                        )
+                    });
+                }
+                CoreEvent::Removed => self.trace(|| format!("node {id} was removed")),
+            }
+        }
+        // Every entry applied, in order, then the state they left.
+        for e in &applied {
+            self.inv.on_apply(id, e);
+        }
+        if !applied.is_empty() {
+            self.check_app(id, "applying");
+        }
+        let node = &mut self.nodes[idx];
+        for c in chunks {
+            if c.offset == 0 {
+                node.staged.clear();
+            }
+            if c.offset as usize != node.staged.len() {
+                let what = format!(
+                    "node {id} was handed snapshot chunk at {} with {} staged",
+                    c.offset,
+                    node.staged.len()
+                );
+                self.inv.violation.get_or_insert(what);
+                return;
+            }
+            node.staged.extend_from_slice(&c.data);
+        }
+        if let Some(meta) = install {
+            if let Some(w) = writes
+                .iter()
+                .take_while(|w| w.install.is_none())
+                .find(|w| !w.entries.is_empty())
             {
-                let n = &self.nodes[idx];
-                self.inv.on_leader(n, ss.term);
-                self.trace(|| format!("node {id} leads term {}", ss.term));
-                self.fig8_on_leader(id);
-                if self.opts.faults == FaultMix::Leaders
-                    && self.healed_at.is_none()
-                    && self.rng.chance(0.3)
-                {
-                    // Cut a fresh term short, before its no-op spreads.
-                    let after = self.rng.range(500, 40_000);
-                    self.schedule(after, Event::CrashLeader(id, ss.term));
-                }
+                let what = format!(
+                    "node {id}: write {} (entries from {}) comes before the install at {} in one output: resetting the log first loses it",
+                    w.id,
+                    w.entries[0].index(),
+                    meta.index
+                );
+                self.inv.violation.get_or_insert(what);
+                return;
             }
+            let data = Bytes::from(std::mem::take(&mut node.staged));
+            if let Err(e) = node.core.restore(&meta, &mut data.as_ref()) {
+                self.inv
+                    .violation
+                    .get_or_insert(format!("node {id} could not restore a snapshot: {e}"));
+                return;
+            }
+            node.core
+                .storage_mut()
+                .reset_to_snapshot(meta.clone(), data.clone());
+            let chain = self.inv.committed_chain();
+            if meta.index as usize >= chain.len() {
+                let what = format!(
+                    "node {id} installed a snapshot at {} beyond the committed log ({})",
+                    meta.index,
+                    chain.len() - 1
+                );
+                self.inv.violation.get_or_insert(what);
+                return;
+            }
+            node.chain = chain[..=meta.index as usize].to_vec();
+            let n = &self.nodes[idx];
+            self.inv.on_install(id, &meta, n.app());
+            self.trace(|| format!("node {id} installs a snapshot at {}", meta.index));
             let node = &mut self.nodes[idx];
-            for c in rd.snapshot_chunks {
-                if c.offset == 0 {
-                    node.staged.clear();
-                }
-                if c.offset as usize != node.staged.len() {
+            node.last_install = Some(meta.index);
+            if writes
+                .iter()
+                .any(|w| w.install.as_ref().is_some_and(|m| m.index == meta.index))
+            {
+                node.install_pending = Some((meta, data));
+            } else {
+                // Its write waits (the disk is full): the snapshot and the
+                // log reset are durable now, as the server makes them.
+                node.disk.install(&meta, &data);
+                node.install_pending = None;
+            }
+        }
+        for w in writes {
+            let node = &mut self.nodes[idx];
+            if let Some(first) = w.entries.first() {
+                // An append replaces the log from its first entry on: that
+                // entry must follow an entry the log holds (or the snapshot).
+                let log = node.core.raft().storage();
+                let (start, last) = (log.first_index(), log.last_index());
+                if first.index() < start || first.index() > last + 1 {
                     let what = format!(
-                        "node {id} was handed snapshot chunk at {} with {} staged",
-                        c.offset,
-                        node.staged.len()
+                        "node {id}: write {} appends entries {}..={} to a log holding {start}..={last}",
+                        w.id,
+                        first.index(),
+                        w.entries.last().map_or(0, |e| e.index())
                     );
                     self.inv.violation.get_or_insert(what);
                     return;
                 }
-                node.staged.extend_from_slice(&c.data);
             }
-            let mut install = None;
-            if let Some(meta) = rd.install_snapshot {
-                let data = bytes::Bytes::from(std::mem::take(&mut node.staged));
-                if let Err(e) = node.app.restore(&meta, data.clone()) {
-                    self.inv.violation.get_or_insert(format!("node {id}: {e}"));
-                    return;
-                }
-                node.raft
-                    .storage_mut()
-                    .reset_to_snapshot(meta.clone(), data.clone());
-                // Proposals this node made up to the snapshot point: their
-                // fate is inside the snapshot, unknown here.
-                let keep = node.proposals.split_off(&(meta.index + 1));
-                node.proposals = keep;
-                node.pending_at_heal.retain(|i| *i > meta.index);
-                let chain = self.inv.committed_chain();
-                node.chain = chain[..=(meta.index as usize).min(chain.len() - 1)].to_vec();
-                let app = node.app.clone();
-                self.inv.on_install(id, &meta, &app);
-                self.trace(|| format!("node {id} installs a snapshot at {}", meta.index));
-                install = Some((meta, data));
-            }
-            if let Some(pid) = rd.persist_id {
-                let node = &mut self.nodes[idx];
-                node.raft.storage_mut().append(&rd.entries);
-                let written = node.extend_chain(&rd.entries);
-                node.disk.inflight.push_back(crate::node::InflightWrite {
-                    persist_id: pid,
-                    install,
-                    hard_state: rd.hard_state,
-                    entries: rd.entries,
-                });
-                let incarnation = node.incarnation;
-                let start = self.now.max(node.disk_busy_until);
-                let latency = if node.disk_slow {
-                    self.rng.range(5_000, 60_000)
-                } else {
-                    self.rng.range(50, 3_000)
-                };
-                let done = start + latency;
-                self.nodes[idx].disk_busy_until = done;
-                self.inv.on_written(id, &written);
-                let delay = done - self.now;
-                self.schedule(
-                    delay,
-                    Event::PersistDone {
-                        node: id,
-                        incarnation,
-                        persist_id: pid,
-                    },
-                );
-            }
-            for m in rd.messages {
-                self.send(m);
-            }
-            for e in &rd.committed {
-                self.inv.on_apply(id, e);
-                let node = &mut self.nodes[idx];
-                if let Err(err) = node.app.apply(e) {
-                    self.inv
-                        .violation
-                        .get_or_insert(format!("node {id}: {err}"));
-                    return;
-                }
-                node.pending_at_heal.remove(&e.index());
-                let app = node.app.clone();
-                self.inv.check_state(id, &app, "applying");
-                let node = &mut self.nodes[idx];
-                if let Some((term, op)) = node.proposals.remove(&e.index()) {
-                    let reply = if term == e.term() {
-                        Reply::Appended(e.base_offset())
-                    } else {
-                        Reply::Failed
-                    };
-                    self.reply(op, reply);
-                }
-            }
-            for rs in rd.read_states {
-                let node = &mut self.nodes[idx];
-                if let Some(op) = node.reads.remove(&rs.ctx) {
-                    node.confirmed_reads.push((rs.index, op));
-                }
-            }
-            for ctx in rd.failed_reads {
-                if let Some(op) = self.nodes[idx].reads.remove(&ctx) {
-                    self.reply(op, Reply::ReadFailed);
-                }
-            }
+            let install = match &w.install {
+                None => None,
+                Some(m) => match node.install_pending.take() {
+                    Some((meta, data)) if meta.index == m.index => Some((meta, data)),
+                    other => {
+                        node.install_pending = other;
+                        if node.last_install != Some(m.index) {
+                            let what = format!(
+                                "node {id}: write {} installs snapshot {} that was not handed out for installation first",
+                                w.id, m.index
+                            );
+                            self.inv.violation.get_or_insert(what);
+                            return;
+                        }
+                        // Handed out again after a refusal for space: the
+                        // install is durable already.
+                        None
+                    }
+                },
+            };
+            node.core.storage_mut().append(&w.entries);
+            let written = node.extend_chain(&w.entries);
+            node.disk.inflight.push_back(InflightWrite {
+                id: w.id,
+                install,
+                hard_state: w.hard_state,
+                entries: w.entries,
+            });
+            let incarnation = node.incarnation;
+            let start = self.now.max(node.disk_busy_until);
+            let latency = if node.disk_slow {
+                self.rng.range(5_000, 60_000)
+            } else {
+                self.rng.range(50, 3_000)
+            };
+            let done = start + latency;
+            self.nodes[idx].disk_busy_until = done;
+            self.inv.on_written(id, &written);
+            self.schedule(
+                done - self.now,
+                Event::PersistDone {
+                    node: id,
+                    incarnation,
+                    id: w.id,
+                },
+            );
         }
-        // Serve reads that are applied far enough.
-        let node = &mut self.nodes[idx];
-        let applied = node.app.applied;
-        let n = node.app.values.len();
-        let hash = node.app.hash_of_prefix(n);
-        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut node.confirmed_reads)
-            .into_iter()
-            .partition(|(index, _)| *index <= applied);
-        node.confirmed_reads = waiting;
-        for (_, op) in ready {
-            self.reply(op, Reply::Read { n: n as u64, hash });
+        for m in messages {
+            self.send(m);
         }
-        // Monotonicity within this life, and the committed chain.
-        let st = self.nodes[idx].raft.status();
+        for (token, r) in done {
+            self.on_done(id, token, r);
+        }
+        let incarnation = self.nodes[idx].incarnation;
+        if let Some(w) = mark {
+            if self.nodes[idx].mark_in_flight.is_some() {
+                self.inv.violation.get_or_insert(format!(
+                    "node {id} asked for a mark write while one is in flight"
+                ));
+                return;
+            }
+            self.nodes[idx].mark_in_flight = Some(w);
+            let latency = if self.nodes[idx].disk_slow {
+                self.rng.range(5_000, 60_000)
+            } else {
+                self.rng.range(50, 3_000)
+            };
+            self.schedule(
+                latency,
+                Event::MarkDone {
+                    node: id,
+                    incarnation,
+                    mark: w,
+                },
+            );
+        }
+        if let Some(job) = snapshot {
+            if self.nodes[idx].snapshot_job.is_some() {
+                self.inv.violation.get_or_insert(format!(
+                    "node {id} asked for a snapshot while one is being written"
+                ));
+                return;
+            }
+            self.trace(|| format!("node {id} snapshots at {}", job.meta.index));
+            self.nodes[idx].snapshot_job = Some(job);
+            let latency = self.rng.range(1_000, 100_000);
+            self.schedule(
+                latency,
+                Event::SnapshotDone {
+                    node: id,
+                    incarnation,
+                },
+            );
+        }
+        if let Some(upto) = compact {
+            let node = &mut self.nodes[idx];
+            if let Err(e) = node.core.storage_mut().compact(upto) {
+                let what = format!("node {id} was asked to compact up to {upto}: {e}");
+                self.inv.violation.get_or_insert(what);
+                return;
+            }
+            // The disk may not hold that far yet (writes in flight): the
+            // next compaction takes it.
+            let _ = node.disk.log.compact(upto);
+            self.trace(|| format!("node {id} compacts up to {upto}"));
+        }
+        if let Some(w) = served {
+            self.check_served(id, w);
+        }
+    }
+
+    /// A node's state machine must hold a prefix of the committed log, and
+    /// have kept its contract.
+    fn check_app(&mut self, id: NodeId, what: &str) {
+        let n = &self.nodes[id as usize - 1];
+        if let Some(e) = &n.app().error {
+            let what = format!("node {id}: {e}");
+            self.inv.violation.get_or_insert(what);
+            return;
+        }
+        self.inv.check_state(id, n.app(), what);
+    }
+
+    /// What a node serves never goes back (across restarts too) and never
+    /// passes the committed log.
+    fn check_served(&mut self, id: NodeId, w: Watermark) {
+        let idx = id as usize - 1;
+        let before = self.nodes[idx].served;
+        if w.index < before.index || w.end_offset < before.end_offset {
+            let what = format!(
+                "node {id} serves less than it did: index {} offset {} after index {} offset {}",
+                w.index, w.end_offset, before.index, before.end_offset
+            );
+            self.inv.violation.get_or_insert(what);
+            return;
+        }
+        if w.index > self.inv.committed_index() || w.end_offset > self.inv.log.len() as u64 {
+            let what = format!(
+                "node {id} serves up to index {} offset {}, past the committed log (index {}, {} records)",
+                w.index,
+                w.end_offset,
+                self.inv.committed_index(),
+                self.inv.log.len()
+            );
+            self.inv.violation.get_or_insert(what);
+            return;
+        }
+        self.nodes[idx].served = w;
+    }
+
+    /// After the core has nothing more to do: monotonicity within this
+    /// life, the committed chain, what is served.
+    fn after_output(&mut self, id: NodeId) {
+        let idx = id as usize - 1;
+        let st = self.nodes[idx].core.raft().status();
         let node = &self.nodes[idx];
         if st.term < node.last_term || st.commit < node.last_commit {
             let what = format!(
@@ -704,12 +1041,127 @@ impl World {
             );
             self.inv.violation.get_or_insert(what);
         }
-        if st.commit > node.last_commit {
-            self.inv.on_commit(node, st.term, st.commit);
+        // While writes wait for disk space, raft's log holds entries the
+        // core has not handed out (nor the chain recorded): only what is
+        // durable is checked until they are.
+        let deferring = node.no_space && node.core.status().disk_full.is_some();
+        let commit = if deferring {
+            st.commit.min(st.persisted)
+        } else {
+            st.commit
+        };
+        if commit > node.last_commit {
+            self.inv.on_commit(node, st.term, commit);
         }
         let node = &mut self.nodes[idx];
         node.last_term = st.term;
-        node.last_commit = st.commit;
+        node.last_commit = node.last_commit.max(commit);
+        node.no_space &= deferring;
+        let served = node.core.served();
+        if served != node.served {
+            self.check_served(id, served);
+        }
+    }
+
+    /// A request's answer from node `id`'s core.
+    fn on_done(&mut self, id: NodeId, token: Token, r: Result<Answer<u64>, GroupError>) {
+        let node = self.node(id);
+        let Some(req) = node.requests.remove(&token) else {
+            let what = format!("node {id} answered token {token}, which is not waiting: {r:?}");
+            self.inv.violation.get_or_insert(what);
+            return;
+        };
+        node.pending_at_heal.remove(&token);
+        match req {
+            Request::Append(op) => {
+                let reply = match r {
+                    Ok(Answer::Applied(v)) if v.len() == 1 => Reply::Appended(v[0]),
+                    Err(GroupError::NotLeader { leader }) => Reply::NotLeader(leader),
+                    Err(GroupError::LostLeadership) => Reply::Failed,
+                    Err(GroupError::Ambiguous(_) | GroupError::TimedOut(_)) => Reply::Unknown,
+                    Err(GroupError::Busy(_) | GroupError::DiskFull(_)) => Reply::Busy,
+                    other => {
+                        let what = format!("node {id} answered an append with {other:?}");
+                        self.inv.violation.get_or_insert(what);
+                        return;
+                    }
+                };
+                self.reply(op, reply);
+            }
+            Request::Read(op) => {
+                let reply = match r {
+                    Ok(Answer::ReadReady) => {
+                        let app = node.app();
+                        let n = app.values.len();
+                        Reply::Read {
+                            n: n as u64,
+                            hash: app.hash_of_prefix(n),
+                        }
+                    }
+                    Err(GroupError::NotLeader { leader }) => Reply::NotLeader(leader),
+                    Err(GroupError::Busy(_)) => Reply::Busy,
+                    Err(
+                        GroupError::TimedOut(_)
+                        | GroupError::Ambiguous(_)
+                        | GroupError::LostLeadership,
+                    ) => Reply::ReadFailed,
+                    other => {
+                        let what = format!("node {id} answered a read with {other:?}");
+                        self.inv.violation.get_or_insert(what);
+                        return;
+                    }
+                };
+                self.reply(op, reply);
+            }
+            Request::Change(changes) => {
+                match &r {
+                    Ok(Answer::Membership(m)) => {
+                        self.stats.changes_ok += 1;
+                        // A change answered done is in force.
+                        let missing = changes.iter().find(|c| match c {
+                            MemberChange::AddLearner { id, .. } => !m.is_member(*id),
+                            MemberChange::AddVoter { id, .. } | MemberChange::Promote(id) => {
+                                !m.is_voter(*id)
+                            }
+                            MemberChange::Demote(id) => m.is_voter(*id) || !m.is_learner(*id),
+                            MemberChange::Remove(id) => m.is_member(*id),
+                        });
+                        if m.is_joint() || missing.is_some() {
+                            let what = format!(
+                                "node {id} answered the membership change {changes:?} done with a configuration that does not hold it ({missing:?}): {m:?}"
+                            );
+                            self.inv.violation.get_or_insert(what);
+                            return;
+                        }
+                    }
+                    Ok(other) => {
+                        let what = format!("node {id} answered a membership change with {other:?}");
+                        self.inv.violation.get_or_insert(what);
+                        return;
+                    }
+                    Err(_) => self.stats.changes_failed += 1,
+                }
+                self.trace(|| format!("node {id}: membership change {changes:?}: {r:?}"));
+            }
+            Request::Command => {
+                if let Ok(a) = &r
+                    && !matches!(a, Answer::Done)
+                {
+                    let what = format!("node {id} answered a command with {a:?}");
+                    self.inv.violation.get_or_insert(what);
+                    return;
+                }
+                self.trace(|| format!("node {id}: command: {r:?}"));
+            }
+            Request::Transfer(to) => {
+                self.trace(|| format!("node {id}: transfer to {to}: {r:?}"));
+            }
+        }
+    }
+
+    fn token(&mut self) -> Token {
+        self.next_token += 1;
+        self.next_token
     }
 
     // -------------------------------------------------------------- clients
@@ -764,38 +1216,24 @@ impl World {
         ) {
             return;
         }
-        let now_ms = self.now / 1000;
+        let token = self.token();
+        let node = self.node(id);
         match req {
             Req::Append(v) => {
-                let node = self.node(id);
-                match node
-                    .raft
-                    .propose(BatchBuilder::single(&encode_value(v)), now_ms)
-                {
-                    Ok(p) => {
-                        // An older proposal at this index was cut from this
-                        // node's log; its fate is unknown here (the client
-                        // times out), so it no longer counts as pending.
-                        node.proposals.insert(p.index, (p.term, op));
-                        node.pending_at_heal.remove(&p.index);
-                    }
-                    Err(Error::NotLeader { leader }) => self.reply(op, Reply::NotLeader(leader)),
-                    Err(_) => self.reply(op, Reply::Busy),
-                }
+                node.requests.insert(token, Request::Append(op));
+                node.core
+                    .propose(token, &[Bytes::copy_from_slice(&encode_value(v))]);
             }
             Req::Read => {
-                let ctx = ((op.client as u64) << 40) | op.op as u64;
-                let node = self.node(id);
-                match node.raft.read_index(ctx) {
-                    Ok(()) => {
-                        node.reads.insert(ctx, op);
-                    }
-                    Err(Error::NotLeader { leader }) => self.reply(op, Reply::NotLeader(leader)),
-                    Err(_) => self.reply(op, Reply::Busy),
-                }
+                node.requests.insert(token, Request::Read(op));
+                node.core.read(token);
             }
         }
-        self.process(id);
+        // Often leave the poll to the node's next event, so that proposals
+        // arriving together share an entry.
+        if self.rng.chance(0.5) {
+            self.process(id);
+        }
     }
 
     fn on_reply(&mut self, op: PendingOp, reply: Reply) {
@@ -822,6 +1260,7 @@ impl World {
             }
             Reply::Appended(offset) => Outcome::Appended(offset),
             Reply::Failed | Reply::ReadFailed => Outcome::Failed,
+            Reply::Unknown => Outcome::Unknown,
             Reply::Read { n, hash } => Outcome::Read { n, hash },
         };
         self.finish_op(op, outcome);
@@ -866,9 +1305,21 @@ impl World {
         node.up = false;
         node.paused = false;
         node.disk.crash(&mut rng);
-        node.proposals.clear();
-        node.reads.clear();
-        node.confirmed_reads.clear();
+        // A mark or snapshot write may have reached the disk without the
+        // core being told.
+        if let Some(w) = node.mark_in_flight.take()
+            && rng.chance(0.5)
+            && w.index >= node.disk.mark.index
+        {
+            node.disk.mark = w;
+        }
+        if let Some(job) = node.snapshot_job.take()
+            && rng.chance(0.5)
+        {
+            let _ = node.write_snapshot(job);
+        }
+        node.requests.clear();
+        node.staged.clear();
         self.trace(|| format!("node {id} crashed"));
         self.schedule(restart_after, Event::Restart(id));
     }
@@ -882,30 +1333,48 @@ impl World {
         cfg.id = id;
         let disk = std::mem::take(&mut self.nodes[idx].disk);
         let incarnation = self.nodes[idx].incarnation + 1;
+        let served = self.nodes[idx].served;
         let seed = self.rng.next_u64();
-        let boot = self.nodes[idx].boot.clone();
-        let mut node = SimNode::new(id, cfg, boot, disk, seed, self.inv.committed_chain());
+        let settings = self.settings.clone();
+        let mut node = match SimNode::new(id, cfg, settings, disk, seed, self.inv.committed_chain())
+        {
+            Ok(n) => n,
+            Err(e) => {
+                self.inv.violation.get_or_insert(e);
+                return;
+            }
+        };
         node.incarnation = incarnation;
+        node.served = served;
         self.nodes[idx] = node;
         // The restarted node's chain must agree with what others hold.
-        let chain = self.nodes[idx].chain.clone();
-        let all = self.nodes[idx].raft.storage().all().to_vec();
-        let triples: Vec<_> = all
+        let n = &self.nodes[idx];
+        let triples: Vec<_> = n
+            .core
+            .raft()
+            .storage()
+            .all()
             .iter()
-            .map(|e| (e.index(), e.term(), chain[e.index() as usize]))
+            .map(|e| (e.index(), e.term(), n.chain[e.index() as usize]))
             .collect();
         self.inv.on_written(id, &triples);
-        let app = self.nodes[idx].app.clone();
-        self.inv.check_state(id, &app, "a restart");
-        self.trace(|| format!("node {id} restarted"));
+        self.check_app(id, "a restart");
+        let now = self.nodes[idx].core.served();
+        self.trace(|| {
+            format!(
+                "node {id} restarted (serves index {} offset {}; served {} {} before)",
+                now.index, now.end_offset, served.index, served.end_offset
+            )
+        });
+        self.check_served(id, now);
         self.process(id);
     }
 
     fn leader(&self) -> Option<NodeId> {
         self.nodes
             .iter()
-            .filter(|n| n.up && n.raft.role() == Role::Leader)
-            .max_by_key(|n| n.raft.term())
+            .filter(|n| n.up && n.core.raft().role() == Role::Leader)
+            .max_by_key(|n| n.core.raft().term())
             .map(|n| n.id)
     }
 
@@ -952,14 +1421,7 @@ impl World {
                 2 => self.crash_fault(pick),
                 3 => self.leaders_fault(pick),
                 4 => self.membership_change(),
-                _ => {
-                    if let Some(l) = self.leader() {
-                        let to = self.random_node();
-                        let _ = self.node(l).raft.transfer_leader(to);
-                        self.trace(|| format!("transfer {l} -> {to}"));
-                        self.process(l);
-                    }
-                }
+                _ => self.leader_request(),
             },
         }
         let next = if mix == FaultMix::Leaders || mix == FaultMix::Figure8 {
@@ -970,10 +1432,50 @@ impl World {
         self.schedule(next, Event::Nemesis);
     }
 
-    /// A membership change on the current leader, keeping 3 to 7 voters.
-    fn membership_change(&mut self) {
+    /// A leadership transfer, a preferred leader (set or cleared) or a
+    /// control command, asked of the current leader's core.
+    fn leader_request(&mut self) {
         let Some(l) = self.leader() else { return };
-        let m = self.nodes[l as usize - 1].raft.membership().clone();
+        let token = self.token();
+        let now_ms = self.now / 1000;
+        match self.rng.range(0, 4) {
+            0 | 1 => {
+                let to = self.random_node();
+                let node = self.node(l);
+                node.requests.insert(token, Request::Transfer(to));
+                node.core.transfer(token, to);
+                self.trace(|| format!("transfer {l} -> {to}"));
+            }
+            2 => {
+                let to = if self.rng.chance(0.7) {
+                    Some(self.random_node())
+                } else {
+                    None
+                };
+                let node = self.node(l);
+                node.requests.insert(token, Request::Command);
+                node.core.set_preferred_leader(token, to, now_ms);
+                self.trace(|| format!("preferred leader on {l}: {to:?}"));
+            }
+            _ => {
+                let node = self.node(l);
+                node.requests.insert(token, Request::Command);
+                node.core
+                    .propose_control(token, Bytes::from_static(b"sim"), now_ms);
+                self.trace(|| format!("control command on {l}"));
+            }
+        }
+        self.process(l);
+    }
+
+    /// A membership change asked of the current leader's core, keeping 3
+    /// to 7 voters.
+    fn membership_change(&mut self) {
+        let Some(l) = self.leader() else {
+            self.trace(|| "membership change: no leader".into());
+            return;
+        };
+        let m = self.nodes[l as usize - 1].core.raft().membership().clone();
         if m.is_joint() {
             return;
         }
@@ -986,13 +1488,17 @@ impl World {
             .collect();
         let outside: Vec<NodeId> = (1..=self.pool).filter(|x| !m.is_member(*x)).collect();
         let pick = |rng: &mut Rng, v: &[NodeId]| v[rng.range(0, v.len() as u64) as usize];
-        let mut ops = Vec::new();
+        let mut changes = Vec::new();
         match self.rng.range(0, 6) {
             0 if !outside.is_empty() => {
-                ops.push(ConfChangeOp::AddLearner(pick(&mut self.rng, &outside)))
+                let id = pick(&mut self.rng, &outside);
+                changes.push(MemberChange::AddLearner {
+                    id,
+                    info: member_info(id),
+                });
             }
             1 if !learners.is_empty() && voters.len() < 7 => {
-                ops.push(ConfChangeOp::AddVoter(pick(&mut self.rng, &learners)))
+                changes.push(MemberChange::Promote(pick(&mut self.rng, &learners)))
             }
             2 if voters.len() > 3 => {
                 let v = if self.rng.chance(0.5) {
@@ -1000,7 +1506,7 @@ impl World {
                 } else {
                     pick(&mut self.rng, &voters)
                 };
-                ops.push(ConfChangeOp::Remove(v));
+                changes.push(MemberChange::Remove(v));
             }
             3 => {
                 // Replace one or two voters at once (new ones from the
@@ -1011,26 +1517,36 @@ impl World {
                 for i in 0..k.min(voters.len()).min(fresh.len()) {
                     let j = self.rng.range(i as u64, fresh.len() as u64) as usize;
                     fresh.swap(i, j);
-                    ops.push(ConfChangeOp::AddVoter(fresh[i]));
-                    ops.push(ConfChangeOp::Remove(pick(&mut self.rng, &voters)));
+                    changes.push(MemberChange::AddVoter {
+                        id: fresh[i],
+                        info: Some(member_info(fresh[i])),
+                    });
+                    changes.push(MemberChange::Remove(pick(&mut self.rng, &voters)));
                 }
             }
             4 if voters.len() > 3 => {
-                ops.push(ConfChangeOp::AddLearner(pick(&mut self.rng, &voters)))
+                changes.push(MemberChange::Demote(pick(&mut self.rng, &voters)))
             }
             5 if !learners.is_empty() => {
-                ops.push(ConfChangeOp::Remove(pick(&mut self.rng, &learners)))
+                changes.push(MemberChange::Remove(pick(&mut self.rng, &learners)))
             }
             _ => return,
         }
-        let policy = if self.rng.chance(0.5) {
-            LaggingLearner::Wait
-        } else {
-            LaggingLearner::Refuse
+        let req = ChangeRequest {
+            changes,
+            wait_for_catch_up: self.rng.chance(0.5),
         };
-        let now_ms = self.now / 1000;
-        let r = self.node(l).raft.propose_conf_change(&ops, policy, now_ms);
-        self.trace(|| format!("membership change on {l}: {ops:?} -> {r:?}"));
+        let deadline = self.rng.range(50, 1_000);
+        let token = self.token();
+        let what = format!(
+            "{:?} (wait {}, {deadline} ticks)",
+            req.changes, req.wait_for_catch_up
+        );
+        self.trace(|| format!("membership change on {l}: {what}"));
+        let node = self.node(l);
+        node.requests
+            .insert(token, Request::Change(req.changes.clone()));
+        node.core.change(token, req, deadline);
         self.process(l);
     }
 
@@ -1039,7 +1555,7 @@ impl World {
     /// what they persisted.
     fn crash_outsiders(&mut self) {
         let Some(l) = self.leader() else { return };
-        let m = self.nodes[l as usize - 1].raft.membership().clone();
+        let m = self.nodes[l as usize - 1].core.raft().membership().clone();
         for id in 1..=self.pool {
             if !m.is_voter(id) && self.rng.chance(0.7) {
                 let after = self.rng.range(10_000, 300_000);
@@ -1048,8 +1564,8 @@ impl World {
         }
     }
 
-    /// A node snapshots its state machine at its applied index, keeps the
-    /// snapshot durably, and compacts its log (keeping some entries).
+    /// The node is asked to snapshot now (the core may decline: one in
+    /// flight, nothing applied since the last).
     fn take_snapshot(&mut self, id: NodeId) {
         let next = self.rng.range(200_000, 2_000_000);
         self.schedule(next, Event::Snapshot(id));
@@ -1057,27 +1573,9 @@ impl World {
         if !node.up || node.paused {
             return;
         }
-        let applied = node.app.applied;
-        let current = node.raft.storage().snapshot().map(|s| s.index).unwrap_or(0);
-        if applied <= current {
-            return;
-        }
-        let Ok(mut meta) = node.raft.snapshot_meta(applied) else {
-            return;
-        };
-        let data = node
-            .app
-            .snapshot()
-            .expect("the simulator's state snapshots");
-        meta.size = data.len() as u64;
-        let upto = node.raft.compaction_point(applied);
-        for log in [node.raft.storage_mut(), &mut node.disk.log] {
-            log.set_snapshot(meta.clone(), data.clone());
-            if upto > log.first_index() {
-                let _ = log.compact(upto);
-            }
-        }
-        self.trace(|| format!("node {id} snapshots at {applied}, compacts to {upto}"));
+        let taken = node.core.take_snapshot();
+        self.trace(|| format!("node {id} asked to snapshot: {taken}"));
+        self.process(id);
     }
 
     fn lossy(&mut self) {
@@ -1102,7 +1600,7 @@ impl World {
                     let j = self.rng.range(0, i as u64 + 1) as usize;
                     ids.swap(i, j);
                 }
-                let k = self.rng.range(1, n) as usize;
+                let k = self.rng.range(1, n.max(2)) as usize;
                 let (a, b) = ids.split_at(k);
                 let groups = vec![a.to_vec(), b.to_vec()];
                 self.trace(|| format!("partition {groups:?}"));
@@ -1187,12 +1685,20 @@ impl World {
                 }
             }
             78..=87 => {
-                // A disk turns slow (or fast again): more is in flight at
-                // the moment of the next crash.
                 let id = self.random_node();
-                let slow = self.rng.chance(0.6);
-                self.node(id).disk_slow = slow;
-                self.trace(|| format!("disk of node {id} slow: {slow}"));
+                if self.rng.chance(0.35) {
+                    // The disk fills up for a while: writes are refused and
+                    // wait, proposals there are refused.
+                    let for_us = self.rng.range(20_000, 1_000_000);
+                    self.node(id).disk_full_until = self.now + for_us;
+                    self.trace(|| format!("disk of node {id} full for {} ms", for_us / 1000));
+                } else {
+                    // A disk turns slow (or fast again): more is in flight
+                    // at the moment of the next crash.
+                    let slow = self.rng.chance(0.6);
+                    self.node(id).disk_slow = slow;
+                    self.trace(|| format!("disk of node {id} slow: {slow}"));
+                }
             }
             _ => {
                 // Pause (SIGSTOP) a node, often the leader.
@@ -1306,9 +1812,15 @@ impl World {
         for id in 1..=self.pool {
             self.node(id).paused = false;
             self.node(id).disk_slow = false;
+            self.node(id).disk_full_until = 0;
             self.restart(id);
             let node = self.node(id);
-            node.pending_at_heal = node.proposals.keys().copied().collect();
+            node.pending_at_heal = node
+                .requests
+                .iter()
+                .filter(|(_, r)| matches!(r, Request::Append(_)))
+                .map(|(t, _)| *t)
+                .collect();
         }
     }
 }
