@@ -687,7 +687,7 @@ impl Core {
                     conn_err = Some(format!("{addr}: {}", st.message()));
                     if !idempotent && !is_refused(&st) {
                         return Err(ClientError::Ambiguous(format!(
-                            "the connection to {addr} failed after the append was sent ({})",
+                            "the connection to {addr} failed after the request was sent; it may still take effect ({})",
                             st.message()
                         )));
                     }

@@ -6,10 +6,13 @@
 //!   when the id differs, when a cluster name is given and differs, or when
 //!   bootstrap peers are given and differ from those the node was created
 //!   with (the configuration now lives in the log). A join ticket is
-//!   ignored.
-//! - **Empty, with a join ticket**: record the ticket's cluster and start
-//!   with no configuration; the node votes only once a configuration that
-//!   names it a voter reaches its log.
+//!   ignored: a node that joined knows its peers from the ticket it was
+//!   first started with (`join.seed`) until its group holds a
+//!   configuration.
+//! - **Empty, with a join ticket**: record the ticket's cluster (and its
+//!   configuration, in `join.seed`) and start with no configuration; the
+//!   node votes only once a configuration that names it a voter reaches its
+//!   log.
 //! - **Empty otherwise**: bootstrap a new cluster from the peers (default:
 //!   this node alone): every bootstrap group gets the same first entry
 //!   ([`keel_raft::bootstrap_entry`]) and hard state term 1 on every
@@ -250,13 +253,11 @@ impl Node {
             return Err(bad("node id 0 is reserved; ids start at 1".into()));
         }
         let lock = lock_dir(&cfg.data_dir)?;
+        // A new directory's identity is saved only once the start is known
+        // to be valid (below): a refused start must not claim it.
         let mut identity = match Identity::load(&cfg.data_dir)? {
             Some(i) => i,
-            None => {
-                let i = Identity::fresh(cfg.id);
-                i.save(&cfg.data_dir)?;
-                i
-            }
+            None => Identity::fresh(cfg.id),
         };
         if identity.node_id != cfg.id {
             return Err(bad(format!(
@@ -269,9 +270,20 @@ impl Node {
         let mut bootstrap = None;
         let mut seed = None;
         match identity.cluster.clone() {
-            Some(c) => check_flags(&cfg, &c)?,
+            Some(c) => {
+                check_flags(&cfg, &c)?;
+                if c.created_by == CreatedBy::Join {
+                    // Until the group holds a configuration of its own
+                    // (a restart before the first snapshot or entries
+                    // arrived), the ticket's says who the peers are.
+                    seed = load_join_seed(&cfg.data_dir);
+                }
+            }
             None => match &cfg.join {
                 Some(t) => {
+                    // Before node.toml records the cluster: a node that
+                    // restarts must still know its peers.
+                    save_join_seed(&cfg.data_dir, t.group, &t.membership)?;
                     identity.cluster = Some(ClusterIdentity {
                         cluster_id: t.cluster_id,
                         cluster_name: t.cluster_name.clone(),
@@ -580,12 +592,66 @@ impl Node {
                 warn!(group = g.id, "the group did not stop within 5 s");
             }
         }
+        // Ends the listener and every inbound connection (peers see them
+        // close); awaited, so the port is free when this returns.
         self.accept.abort();
+        let _ = self.accept.await;
         drop(self.transport);
         // Let the stores' writers finish what is queued before the lock
         // goes (they close when their last handle drops).
         tokio::time::sleep(Duration::from_millis(20)).await;
         info!(node = self.cfg.id, "node stopped");
+    }
+}
+
+/// The configuration a join ticket carried, kept for restarts: `u64` group
+/// (LE), then the configuration entry body (version 2).
+const JOIN_SEED: &str = "join.seed";
+
+/// Saves the ticket's configuration atomically: `join.seed.tmp`, fsync,
+/// rename, fsync the directory.
+fn save_join_seed(data_dir: &Path, group: GroupId, m: &Membership) -> Result<(), StartError> {
+    let tmp = data_dir.join(format!("{JOIN_SEED}.tmp"));
+    let io = |source| StartError::DataDir {
+        dir: data_dir.to_path_buf(),
+        source,
+    };
+    let mut body = group.to_le_bytes().to_vec();
+    body.extend_from_slice(&keel_raft::encode_membership(m));
+    let mut f = File::create(&tmp).map_err(io)?;
+    f.write_all(&body).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, data_dir.join(JOIN_SEED)).map_err(io)?;
+    File::open(data_dir).and_then(|d| d.sync_all()).map_err(io)
+}
+
+/// The configuration of the join ticket this directory was started with
+/// (`None` when it has none, or an unreadable one: it matters only until
+/// the group holds a configuration).
+fn load_join_seed(data_dir: &Path) -> Option<(GroupId, Membership)> {
+    let path = data_dir.join(JOIN_SEED);
+    let body = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            warn!(file = %path.display(), error = %e, "cannot read the join ticket's configuration");
+            return None;
+        }
+    };
+    let seed = body.split_first_chunk::<8>().map(|(group, m)| {
+        let m = keel_raft::decode_membership(m)?;
+        Ok::<_, String>((GroupId::from_le_bytes(*group), m))
+    });
+    match seed {
+        Some(Ok(seed)) => Some(seed),
+        Some(Err(why)) => {
+            warn!(file = %path.display(), error = %why, "ignoring a damaged join ticket configuration");
+            None
+        }
+        None => {
+            warn!(file = %path.display(), "ignoring a truncated join ticket configuration");
+            None
+        }
     }
 }
 

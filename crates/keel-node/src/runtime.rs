@@ -388,6 +388,7 @@ impl<M: StateMachine> Driver<M> {
                 Event::Role(ss) => self.on_role(ss),
                 Event::Membership(m) => {
                     self.transport.context().directory.set_group(group, &m);
+                    self.transport.prune();
                     info!(group, voters = ?m.voters, outgoing = ?m.outgoing, learners = ?m.learners, "configuration changed");
                     self.membership_tx.send_replace(m);
                 }

@@ -281,6 +281,13 @@ impl Transport {
         }
     }
 
+    /// Closes the connections to nodes that are no longer members of any
+    /// hosted group (their writer tasks end when their queue closes).
+    pub fn prune(&self) {
+        let mut queues = self.queues.write().unwrap_or_else(|p| p.into_inner());
+        queues.retain(|id, _| self.ctx.directory.member(*id).is_some());
+    }
+
     /// The queue to `to`, starting its connection task when needed.
     fn queue(self: &Arc<Self>, to: NodeId) -> Option<mpsc::UnboundedSender<Message>> {
         if to == self.ctx.me {
@@ -510,13 +517,19 @@ async fn pump(
     }
 }
 
-/// Accepts peer connections until the task is dropped.
+/// Accepts peer connections until the task is dropped, which also ends
+/// every connection it accepted: a node stopped in a process that goes on
+/// (an embedding application, a test) must leave no connection behind, or
+/// its peers keep writing into it and never dial the node that takes its
+/// place.
 pub async fn accept_loop(listener: TcpListener, ctx: Arc<PeerContext>) {
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         match listener.accept().await {
             Ok((sock, remote)) => {
+                while conns.try_join_next().is_some() {}
                 let ctx = ctx.clone();
-                tokio::spawn(async move {
+                conns.spawn(async move {
                     let remote = remote.to_string();
                     if let Err(e) = inbound(&ctx, sock, &remote).await {
                         ctx.metrics.transport.bad_frames.fetch_add(1, Relaxed);

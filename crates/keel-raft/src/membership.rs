@@ -121,14 +121,17 @@ impl<S: Storage> Raft<S> {
         (*index > self.log.committed || m.is_joint()).then_some(*index)
     }
 
-    /// A learner that the change would promote but that is behind.
+    /// A learner that the change would promote but that is behind. One that
+    /// has acknowledged nothing (matched 0: never reached, or not heard
+    /// from since this leader took over) is behind however short the log
+    /// is: promoting a node that may not even run can cost the quorum.
     fn lagging_promotion(&self, voters: &BTreeSet<NodeId>) -> Option<(NodeId, Index)> {
         let last = self.log.last_index();
         voters
             .iter()
             .filter(|id| self.membership.is_learner(**id))
             .map(|id| (*id, self.progress.get(id).map(|p| p.matched).unwrap_or(0)))
-            .find(|(_, matched)| matched + self.cfg.learner_max_lag < last)
+            .find(|(_, matched)| *matched == 0 || matched + self.cfg.learner_max_lag < last)
     }
 
     fn start_change(&mut self, target: Membership, timestamp: u64) -> Proposed {

@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use keel_client::{Client, ClientError, ClientOptions, JoinRequest};
+use keel_client::{Client, ClientError, ClientOptions, Code, JoinRequest};
 use keel_node::{GroupOptions, JoinTicket, Node, NodeConfig};
 use keel_proto::DEFAULT_LOG;
 use tokio::net::TcpListener;
@@ -129,6 +129,16 @@ async fn join_cluster(cfg: &ServerConfig, endpoints: &[String]) -> Result<JoinTi
                     group: r.log,
                     membership,
                 });
+            }
+            // Another membership change is under way (another node joining
+            // at the same time, an operator's change), or leadership moved
+            // during the admission: the join is idempotent, ask again.
+            Err(ClientError::Rpc {
+                code: Code::AlreadyExists | Code::DeadlineExceeded,
+                message,
+            }) if Instant::now() < deadline => {
+                info!(reason = %message, "the cluster cannot admit this node yet; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(ClientError::Rpc { message, .. }) | Err(ClientError::Invalid(message)) => {
                 return Err(StartError::Config(format!(

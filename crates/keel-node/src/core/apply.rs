@@ -87,7 +87,7 @@ impl<S: Storage, M: StateMachine> GroupCore<S, M> {
     pub(crate) fn maybe_mark(&mut self) {
         if self.failed.is_some()
             || self.mark_in_flight.is_some()
-            || self.writes.install_in_flight
+            || self.writes.installs_in_flight > 0
             || self.applied.index <= self.mark.index
         {
             return;
@@ -121,7 +121,7 @@ impl<S: Storage, M: StateMachine> GroupCore<S, M> {
         let p = self.settings.snapshot;
         if self.failed.is_some()
             || self.snapshot_in_flight.is_some()
-            || self.writes.install_in_flight
+            || self.writes.installs_in_flight > 0
             || self.applied.index <= self.snapshot_index
         {
             return;

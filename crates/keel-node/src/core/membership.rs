@@ -209,6 +209,20 @@ impl<S: Storage, M: StateMachine> GroupCore<S, M> {
             return;
         }
         let deadline = self.ticks + deadline_ticks.max(1);
+        if let Request::Admit { id, info } = &request {
+            // A node added (as a learner, or on its way to voter) before it
+            // was started asks to join while that change waits for it to
+            // catch up: answer at once when nothing needs proposing (its
+            // incarnation is recorded later, from its handshake).
+            let m = self.raft.membership();
+            if !m.is_joint()
+                && let Ok(None) = plan_admit(m, *id, learnable(m, *id, info))
+            {
+                let m = m.clone();
+                self.out.done.push((token, Ok(Answer::Membership(m))));
+                return;
+            }
+        }
         match &self.members.change {
             Some(c) if c.token.is_none() => {
                 // Our own info update: it commits within a round trip.
@@ -337,7 +351,8 @@ impl<S: Storage, M: StateMachine> GroupCore<S, M> {
                     .iter()
                     .find(|p| p.id == *id)
                     .map_or(0, |p| p.matched);
-                (matched + max_lag < st.last_index).then(|| GroupError::Lagging {
+                // matched 0: it acknowledged nothing yet (see raft's check).
+                (matched == 0 || matched + max_lag < st.last_index).then(|| GroupError::Lagging {
                     id: *id,
                     behind: st.last_index - matched,
                     matched,
@@ -625,6 +640,18 @@ fn plan(m: &Membership, req: &ChangeRequest) -> Result<Plan, GroupError> {
         return Ok(None);
     }
     Ok(Some((first, rest)))
+}
+
+/// What an admission must record: a learner's info with an unknown
+/// incarnation is left as it is (the leader learns it from the node's
+/// handshake), so admitting a learner the operator added needs no change.
+fn learnable(m: &Membership, id: NodeId, info: &MemberInfo) -> MemberInfo {
+    let known = info_of(m, id);
+    if m.is_learner(id) && known.incarnation == 0 && known.peer_addr == info.peer_addr {
+        known
+    } else {
+        info.clone()
+    }
 }
 
 fn plan_admit(m: &Membership, id: NodeId, info: MemberInfo) -> Result<Plan, GroupError> {

@@ -649,7 +649,6 @@ impl<S: Storage, M: StateMachine> GroupCore<S, M> {
                 // The driver restores the state machine before anything
                 // later is applied.
                 self.out.install = install;
-                self.writes.install_in_flight = true;
                 return;
             }
         }

@@ -206,3 +206,158 @@ fn a_preferred_leader_must_be_a_voter_and_is_replicated_as_a_command() {
     assert_eq!(core.status().preferred_leader, Some(1));
     assert_eq!(core.raft().preferred_leaders(), &[1]);
 }
+
+/// A follower of a three-voter group (node 2), over a MemStorage holding the
+/// bootstrap entry.
+fn follower() -> GroupCore<MemStorage, Sum> {
+    let mut st = MemStorage::new();
+    st.append(&[keel_raft::bootstrap_entry(&Membership::new([1, 2, 3], []))]);
+    let start = StartState {
+        hard_state: HardState { term: 1, vote: 0 },
+        snapshot: None,
+        mark: Watermark::default(),
+    };
+    GroupCore::new(
+        Config::new(2, 7),
+        CoreSettings::default(),
+        st,
+        Sum::default(),
+        start,
+        42,
+    )
+    .unwrap()
+}
+
+/// The whole snapshot (one chunk) at `index` of a Sum whose total is
+/// `total`, from leader 1 in term 2.
+fn snapshot_from_leader(index: u64, total: u64) -> keel_raft::Message {
+    let data = Bytes::copy_from_slice(&total.to_le_bytes());
+    keel_raft::Message {
+        group: 7,
+        from: 1,
+        to: 2,
+        term: 2,
+        body: keel_raft::MessageBody::Snapshot(keel_raft::SnapshotChunk {
+            meta: SnapshotMeta {
+                index,
+                term: 2,
+                membership: Membership::new([1, 2, 3], []),
+                next_offset: index,
+                size: data.len() as u64,
+            },
+            offset: 0,
+            data,
+            done: true,
+        }),
+    }
+}
+
+/// Carries out an output holding an install as a driver whose disk makes
+/// the install durable with its write: restores, resets the log, and
+/// returns the install's write (not yet reported).
+fn install_and_keep_write(core: &mut GroupCore<MemStorage, Sum>) -> Write {
+    let out = core.poll(1000);
+    let meta = out.install.expect("a snapshot to install");
+    let chunk: Vec<u8> = out.chunks.iter().flat_map(|c| c.data.to_vec()).collect();
+    core.restore(&meta, &mut chunk.as_slice()).unwrap();
+    core.storage_mut()
+        .reset_to_snapshot(meta.clone(), Bytes::from(chunk));
+    assert!(
+        out.mark.is_none(),
+        "no mark while the install is not durable"
+    );
+    let w = out
+        .writes
+        .into_iter()
+        .find(|w| w.install.as_ref().is_some_and(|m| m.index == meta.index))
+        .expect("the install's write");
+    for e in &w.entries {
+        core.storage_mut().append(std::slice::from_ref(e));
+    }
+    w
+}
+
+#[test]
+fn no_mark_passes_an_install_whose_write_is_still_in_flight() {
+    // Two snapshots installed back to back; the first one's write completes
+    // while the second's is in flight. The mark (what a restart serves at
+    // once) must wait for the second: a crash now leaves the first on disk.
+    let mut core = follower();
+    settle(&mut core);
+    core.step(snapshot_from_leader(10, 5)).unwrap();
+    let first = install_and_keep_write(&mut core);
+    core.step(snapshot_from_leader(20, 9)).unwrap();
+    let second = install_and_keep_write(&mut core);
+    assert_eq!(core.status().applied.index, 20);
+    core.write_done(first.id, WriteOutcome::Done);
+    let out = core.poll(1000);
+    assert!(
+        out.mark.is_none_or(|m| m.index <= 10),
+        "a mark past the install still in flight: {:?}",
+        out.mark
+    );
+    core.write_done(second.id, WriteOutcome::Done);
+    let out = core.poll(1000);
+    assert_eq!(out.mark.map(|m| m.index), Some(20));
+}
+
+#[test]
+fn writes_that_waited_for_space_do_not_append_below_a_snapshot_installed_meanwhile() {
+    let mut core = follower();
+    settle(&mut core);
+    // The leader of term 2 appends its no-op: that write is refused for
+    // want of space and waits.
+    let noop = keel_format::Batch::control(keel_format::EntryKind::Noop, &[], 2, 2, 0, 0);
+    core.step(keel_raft::Message {
+        group: 7,
+        from: 1,
+        to: 2,
+        term: 2,
+        body: keel_raft::MessageBody::Append(keel_raft::Append {
+            prev_index: 1,
+            prev_term: 1,
+            commit: 1,
+            entries: vec![noop],
+        }),
+    })
+    .unwrap();
+    let out = core.poll(1000);
+    let w = out
+        .writes
+        .into_iter()
+        .find(|w| !w.entries.is_empty())
+        .expect("the no-op's write");
+    core.write_done(w.id, WriteOutcome::NoSpace("no space".into()));
+    // Meanwhile the leader sends a snapshot at 20: it is installed (the
+    // driver resets the log to it at once), its write waits too.
+    core.step(snapshot_from_leader(20, 9)).unwrap();
+    let out = core.poll(1000);
+    let meta = out.install.expect("a snapshot to install");
+    let chunk: Vec<u8> = out.chunks.iter().flat_map(|c| c.data.to_vec()).collect();
+    core.restore(&meta, &mut chunk.as_slice()).unwrap();
+    core.storage_mut()
+        .reset_to_snapshot(meta, Bytes::from(chunk));
+    assert!(out.writes.is_empty(), "writes wait for space");
+    for _ in 0..CoreSettings::default().disk_full_retry_ticks {
+        core.tick();
+    }
+    let out = core.poll(1000);
+    assert!(!out.writes.is_empty(), "the writes are tried again");
+    for w in &out.writes {
+        for e in &w.entries {
+            assert!(
+                e.index() > 20,
+                "write {} appends entry {} to a log the snapshot at 20 replaced",
+                w.id,
+                e.index()
+            );
+        }
+    }
+    assert!(
+        out.writes
+            .iter()
+            .any(|w| w.hard_state.is_some_and(|h| h.term == 2)),
+        "the term learned before the install is still made durable: {:?}",
+        out.writes
+    );
+}

@@ -10,8 +10,11 @@
 //! and votes and keeps the entries in memory. Proposals are refused with
 //! `DiskFull`. Every `disk_full_retry_ticks` the queue is handed out again
 //! in order (an append replaces the log from its first index, so replaying
-//! the writes in order gives the log they would have given); once space is
-//! freed the group resumes by itself.
+//! the writes in order gives the log they would have given), except those
+//! queued ahead of a snapshot install: the install was made durable when
+//! it was handed out and replaced the log they append to, so they are
+//! dropped (their latest hard state goes with the install's write). Once
+//! space is freed the group resumes by itself.
 
 use std::collections::VecDeque;
 
@@ -34,19 +37,45 @@ pub(crate) struct Writes {
     pub(crate) disk_full: Option<DiskFull>,
     /// The highest write reported durable and not yet told to raft.
     done_upto: Option<u64>,
-    /// A write that installs a snapshot is in flight.
-    pub(crate) install_in_flight: bool,
+    /// Writes that install a snapshot, handed out or deferred, not yet
+    /// reported durable (several can be: a count, not a flag, so the
+    /// first one's completion does not release the mark for the next).
+    pub(crate) installs_in_flight: usize,
 }
 
 impl Writes {
     /// A new write from a Ready: out to the driver, or deferred.
     pub(crate) fn push(&mut self, w: Write, out: &mut Vec<Write>) {
+        if w.install.is_some() {
+            self.installs_in_flight += 1;
+        }
         if self.disk_full.is_some() {
             self.deferred.push_back(w);
         } else {
             self.in_flight.push_back(w.clone());
             out.push(w);
         }
+    }
+
+    /// The driver made a snapshot install durable (and reset the log to
+    /// it) when it was handed out, before the waiting writes queued ahead
+    /// of the install's write: their entries would now land on the reset
+    /// log. Drops them, keeping the latest hard state among them for the
+    /// install's write (raft learns they are durable with it: ids are
+    /// reported cumulatively).
+    fn drop_superseded(&mut self) {
+        let Some(pos) = self.deferred.iter().rposition(|w| w.install.is_some()) else {
+            return;
+        };
+        let mut hard_state = None;
+        for w in self.deferred.drain(..pos) {
+            hard_state = w.hard_state.or(hard_state);
+            if w.install.is_some() {
+                self.installs_in_flight -= 1;
+            }
+        }
+        let install = &mut self.deferred[0];
+        install.hard_state = install.hard_state.or(hard_state);
     }
 
     /// Tells raft about writes reported durable since the last call.
@@ -78,7 +107,7 @@ impl<S: Storage, M: StateMachine> GroupCore<S, M> {
                     Some(f) if f.id == id => {
                         let f = w.in_flight.pop_front().expect("front checked");
                         if f.install.is_some() {
-                            w.install_in_flight = false;
+                            w.installs_in_flight -= 1;
                         }
                         w.done_upto = Some(id);
                     }
@@ -128,6 +157,7 @@ impl<S: Storage, M: StateMachine> GroupCore<S, M> {
             return;
         }
         let w = &mut self.writes;
+        w.drop_superseded();
         let writes: Vec<Write> = w.deferred.drain(..).collect();
         w.disk_full = None;
         for wr in writes {

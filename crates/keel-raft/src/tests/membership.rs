@@ -167,6 +167,35 @@ fn promoting_a_lagging_learner_is_refused_or_waits() {
 }
 
 #[test]
+fn a_learner_that_acknowledged_nothing_is_lagging_however_short_the_log() {
+    // The default lag bound (128) is far above this log's length: only
+    // "never heard from" can tell that the learner does not run.
+    let mut net = Net::with_members(&[1], &[2], |_| {});
+    net.isolate(2);
+    assert!(net.elect(1));
+    net.propose(1, b"x").unwrap();
+    let e = change(&mut net, 1, &[ConfChangeOp::AddVoter(2)]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::LearnerLagging {
+                id: 2,
+                matched: 0,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(voters(&net, 1), vec![1]);
+    // Once it has acknowledged the log it is promoted.
+    net.heal();
+    net.tick_all(3);
+    change(&mut net, 1, &[ConfChangeOp::AddVoter(2)]).unwrap();
+    net.tick_all(3);
+    assert_eq!(voters(&net, 1), vec![1, 2]);
+}
+
+#[test]
 fn remove_a_follower() {
     let mut net = Net::new(3);
     assert!(net.elect(1));

@@ -265,6 +265,18 @@ pub async fn status(a: StatusArgs) -> CliResult {
         };
         rows.push((m.clone(), st));
     }
+    // The node asked is not in its own configuration (removed, or a joiner
+    // not admitted yet): show its row too, or nothing would say so.
+    if !first.members.iter().any(|m| m.id == first.node_id) {
+        let me = keel_client::Member {
+            id: first.node_id,
+            client_addr: first.client_addr.clone(),
+            role: first.role.clone(),
+            suffrage: "not a member".to_string(),
+            ..Default::default()
+        };
+        rows.push((me, Ok(first.clone())));
+    }
     let leader_view = rows
         .iter()
         .filter_map(|(_, s)| s.as_ref().ok())
@@ -339,7 +351,11 @@ pub async fn status(a: StatusArgs) -> CliResult {
                     s.node_id,
                     s.client_addr,
                     m.peer_addr,
-                    if m.suffrage == "outgoing voter" { "outgoing" } else { &m.suffrage },
+                    match m.suffrage.as_str() {
+                        "outgoing voter" => "outgoing",
+                        "not a member" => "-",
+                        s => s,
+                    },
                     s.role,
                     s.term,
                     s.leader_id,
