@@ -365,7 +365,7 @@ impl Node {
         let directory = Arc::new(Directory::default());
         directory.announce(cfg.id, &cfg.client_addr);
         if let Some((g, m)) = &seed {
-            directory.set_group(*g, m);
+            directory.set_seed(*g, m);
         }
         let ctx = Arc::new(PeerContext {
             cluster: cluster_id,
@@ -516,7 +516,9 @@ impl Node {
         let served = core.served();
         let membership = core.raft().membership().clone();
         if membership.is_member(self.cfg.id) || !membership.voters.is_empty() {
-            self.ctx.directory.set_group(group, &membership);
+            self.ctx
+                .directory
+                .set_group(group, &membership, core.committed_membership());
         }
         let (tx, rx) = mpsc::unbounded_channel::<Input<M>>();
         let (served_tx, served_rx) = watch::channel(served);

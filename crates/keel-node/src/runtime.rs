@@ -124,6 +124,10 @@ pub(crate) struct Driver<M: StateMachine> {
     pub(crate) waiting: HashMap<Token, Waiting<M>>,
     pub(crate) next_token: Token,
     in_flight: VecDeque<InFlight>,
+    /// The latest and the last committed configuration (the directory
+    /// holds the members of both).
+    latest: Membership,
+    committed: Membership,
 }
 
 impl<M: StateMachine> Driver<M> {
@@ -140,6 +144,8 @@ impl<M: StateMachine> Driver<M> {
         membership_tx: watch::Sender<Membership>,
         tick: Duration,
     ) -> Self {
+        let core_latest = core.raft().membership().clone();
+        let core_committed = core.committed_membership().clone();
         Driver {
             core,
             storage,
@@ -154,6 +160,8 @@ impl<M: StateMachine> Driver<M> {
             waiting: HashMap::new(),
             next_token: 1,
             in_flight: VecDeque::new(),
+            latest: core_latest,
+            committed: core_committed,
         }
     }
 
@@ -387,10 +395,28 @@ impl<M: StateMachine> Driver<M> {
             match e {
                 Event::Role(ss) => self.on_role(ss),
                 Event::Membership(m) => {
-                    self.transport.context().directory.set_group(group, &m);
-                    self.transport.prune();
+                    if m.is_member(self.core.id()) {
+                        // Joined: the group's own configuration says who
+                        // the peers are from now on.
+                        self.transport.context().directory.clear_seed(group);
+                    }
+                    self.latest = m.clone();
+                    self.transport.context().directory.set_group(
+                        group,
+                        &self.latest,
+                        &self.committed,
+                    );
                     info!(group, voters = ?m.voters, outgoing = ?m.outgoing, learners = ?m.learners, "configuration changed");
                     self.membership_tx.send_replace(m);
+                }
+                Event::Committed(m) => {
+                    self.committed = m;
+                    self.transport.context().directory.set_group(
+                        group,
+                        &self.latest,
+                        &self.committed,
+                    );
+                    self.transport.prune();
                 }
                 Event::Removed => {
                     warn!(

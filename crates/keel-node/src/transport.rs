@@ -20,7 +20,7 @@
 //! (`Router::observe`), whose leaders record what the configuration does
 //! not know yet. The handshake authenticates nothing cryptographically.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -37,7 +37,15 @@ use crate::member_info::{MemberInfo, info_of};
 use crate::metrics::Registry;
 
 /// Who the members are and how to reach them, merged over every group this
-/// node hosts.
+/// node hosts, and who was removed.
+///
+/// A node accepts a handshake from a member (whose incarnation, once
+/// known, must match), refuses one from a node a committed configuration
+/// of a hosted group removed, and accepts one from a node it does not know
+/// yet: a node that lags (or joins) does not yet hold the configuration
+/// that added the current leader, and must still hear it. Addresses come
+/// from the configurations, else from what a peer announced in its
+/// handshake, else from the ticket a joining node started with.
 #[derive(Debug, Default)]
 pub struct Directory {
     inner: RwLock<DirInner>,
@@ -45,37 +53,112 @@ pub struct Directory {
 
 #[derive(Debug, Default)]
 struct DirInner {
-    /// Per group: its members and their info.
+    /// Per group: the members of its latest and last committed
+    /// configurations, and their info.
     groups: HashMap<GroupId, BTreeMap<NodeId, MemberInfo>>,
-    /// The merge over groups (an entry with a known incarnation wins).
+    /// Per group: the members of the last committed configuration seen.
+    committed: HashMap<GroupId, BTreeSet<NodeId>>,
+    /// Per group: a joining node's ticket, until the group's configuration
+    /// names this node.
+    seeds: HashMap<GroupId, BTreeMap<NodeId, MemberInfo>>,
+    /// The merge over groups and seeds (an entry with a known incarnation
+    /// wins; configurations over seeds).
     members: HashMap<NodeId, MemberInfo>,
+    /// Nodes a committed configuration dropped, that no configuration
+    /// names again (since this process started).
+    removed: BTreeSet<NodeId>,
     /// Client addresses as announced in handshakes (fresher than the
     /// configuration's).
     announced: HashMap<NodeId, String>,
+    /// Peer addresses as announced in handshakes.
+    announced_peer: HashMap<NodeId, String>,
     /// Peers that refused this node, and why (for status).
     refusals: BTreeMap<NodeId, String>,
 }
 
 impl Directory {
-    /// Sets the members of `group` from its configuration.
-    pub fn set_group(&self, group: GroupId, m: &Membership) {
+    /// Sets the members of `group`: those of its latest configuration and
+    /// of its last committed one (a member being removed stays reachable
+    /// until its removal commits, so a leader removing itself still gets
+    /// the acknowledgements that commit it; a member being added is
+    /// reachable at once). The latest configuration's info wins. A node
+    /// the committed configuration dropped since the last call is removed.
+    pub fn set_group(&self, group: GroupId, latest: &Membership, committed: &Membership) {
         let mut d = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        let members = m.all_members().map(|id| (id, info_of(m, id))).collect();
+        let mut members: BTreeMap<NodeId, MemberInfo> = committed
+            .all_members()
+            .map(|id| (id, info_of(committed, id)))
+            .collect();
+        for id in latest.all_members() {
+            members.insert(id, info_of(latest, id));
+        }
+        let now: BTreeSet<NodeId> = committed.all_members().collect();
+        if let Some(before) = d.committed.get(&group) {
+            let gone: Vec<NodeId> = before.difference(&now).copied().collect();
+            d.removed.extend(gone);
+        }
+        if !now.is_empty() {
+            d.committed.insert(group, now);
+        }
         d.groups.insert(group, members);
         d.merge();
+    }
+
+    /// The configuration a joining node was given for `group`: reachable
+    /// until the group's own configuration names this node.
+    pub fn set_seed(&self, group: GroupId, m: &Membership) {
+        let mut d = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let members = m.all_members().map(|id| (id, info_of(m, id))).collect();
+        d.seeds.insert(group, members);
+        d.merge();
+    }
+
+    /// Drops a joining node's seed for `group`.
+    pub fn clear_seed(&self, group: GroupId) {
+        let mut d = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        if d.seeds.remove(&group).is_some() {
+            d.merge();
+        }
     }
 
     /// Forgets a group (no longer hosted).
     pub fn remove_group(&self, group: GroupId) {
         let mut d = self.inner.write().unwrap_or_else(|p| p.into_inner());
         d.groups.remove(&group);
+        d.committed.remove(&group);
+        d.seeds.remove(&group);
         d.merge();
     }
 
-    /// The member's info, if it is a member of any hosted group.
+    /// The member's info, if it is a member of any hosted group (or of a
+    /// joining node's seed).
     pub fn member(&self, id: NodeId) -> Option<MemberInfo> {
         let d = self.inner.read().unwrap_or_else(|p| p.into_inner());
         d.members.get(&id).cloned()
+    }
+
+    /// Whether a committed configuration removed `id` (and none names it
+    /// again).
+    pub fn is_removed(&self, id: NodeId) -> bool {
+        let d = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        d.removed.contains(&id)
+    }
+
+    /// Where to dial `id`, and the incarnation to expect (0: unknown); none
+    /// for a removed node or one without a known address.
+    pub fn address(&self, id: NodeId) -> Option<(String, u64)> {
+        let d = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        if d.removed.contains(&id) {
+            return None;
+        }
+        match d.members.get(&id) {
+            Some(m) if !m.peer_addr.is_empty() => Some((m.peer_addr.clone(), m.incarnation)),
+            m => d
+                .announced_peer
+                .get(&id)
+                .filter(|a| !a.is_empty())
+                .map(|a| (a.clone(), m.map_or(0, |m| m.incarnation))),
+        }
     }
 
     /// Every member of any hosted group.
@@ -108,6 +191,18 @@ impl Directory {
         }
     }
 
+    /// Notes a peer address announced by `id` (used to dial a node no
+    /// configuration held here names yet).
+    pub fn announce_peer(&self, id: NodeId, peer_addr: &str) {
+        if peer_addr.is_empty() {
+            return;
+        }
+        let mut d = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        if d.announced_peer.get(&id).map(String::as_str) != Some(peer_addr) {
+            d.announced_peer.insert(id, peer_addr.to_string());
+        }
+    }
+
     /// Peers that refused this node's handshake, with their reasons.
     pub fn refusals(&self) -> BTreeMap<NodeId, String> {
         let d = self.inner.read().unwrap_or_else(|p| p.into_inner());
@@ -136,6 +231,16 @@ impl DirInner {
                 }
             }
         }
+        for g in self.seeds.values() {
+            for (id, info) in g {
+                members.entry(*id).or_insert_with(|| info.clone());
+            }
+        }
+        let removed = std::mem::take(&mut self.removed);
+        self.removed = removed
+            .into_iter()
+            .filter(|id| !members.contains_key(id))
+            .collect();
         self.members = members;
     }
 }
@@ -285,7 +390,7 @@ impl Transport {
     /// hosted group (their writer tasks end when their queue closes).
     pub fn prune(&self) {
         let mut queues = self.queues.write().unwrap_or_else(|p| p.into_inner());
-        queues.retain(|id, _| self.ctx.directory.member(*id).is_some());
+        queues.retain(|id, _| !self.ctx.directory.is_removed(*id));
     }
 
     /// The queue to `to`, starting its connection task when needed.
@@ -293,7 +398,7 @@ impl Transport {
         if to == self.ctx.me {
             return None;
         }
-        self.ctx.directory.member(to)?;
+        self.ctx.directory.address(to)?;
         let mut queues = self.queues.write().unwrap_or_else(|p| p.into_inner());
         if let Some(q) = queues.get(&to)
             && !q.is_closed()
@@ -314,16 +419,14 @@ async fn outbound(ctx: Arc<PeerContext>, to: NodeId, mut rx: mpsc::UnboundedRece
     loop {
         // Whatever queued while disconnected is stale: raft resends.
         while rx.try_recv().is_ok() {}
-        let Some(member) = ctx.directory.member(to) else {
-            debug!(peer = to, "no longer a member: closing the connection task");
+        let Some((addr, incarnation)) = ctx.directory.address(to) else {
+            debug!(
+                peer = to,
+                "removed, or no address known: closing the connection task"
+            );
             return;
         };
-        let addr = member.peer_addr.clone();
-        if addr.is_empty() {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            continue;
-        }
-        match dial(&ctx, to, &addr, member.incarnation).await {
+        match dial(&ctx, to, &addr, incarnation).await {
             Ok(stream) => {
                 ctx.metrics.transport.connects.fetch_add(1, Relaxed);
                 ctx.directory.set_refusal(to, None);
@@ -448,6 +551,7 @@ async fn dial(
                 )));
             }
             ctx.directory.announce(to, &client_addr);
+            ctx.directory.announce_peer(to, &peer_addr);
             ctx.router.observe(
                 to,
                 &MemberInfo {
@@ -571,15 +675,18 @@ fn refusal(ctx: &PeerContext, hello: &Hello) -> Option<(RefuseCode, String)> {
             format!("node {} claims this node's own id", hello.from),
         ));
     }
-    let Some(member) = ctx.directory.member(hello.from) else {
+    if ctx.directory.is_removed(hello.from) {
         return Some((
             RefuseCode::NotMember,
             format!(
-                "node {} is not a member of this cluster as node {} knows it (removed, or not added yet: keel members add)",
+                "node {} is not a member: it was removed from the cluster (node {} applied the configuration that removed it); to take part again it must be added again (keel members add)",
                 hello.from, ctx.me
             ),
         ));
-    };
+    }
+    // A node not known here yet is accepted: this node may lag behind the
+    // configuration that added it (a new leader, say).
+    let member = ctx.directory.member(hello.from)?;
     if member.incarnation != 0 && member.incarnation != hello.incarnation {
         return Some((
             RefuseCode::Incarnation,
@@ -621,6 +728,7 @@ async fn inbound(ctx: &PeerContext, mut sock: TcpStream, remote: &str) -> Result
     .map_err(|e| e.to_string())?;
     let from = hello.from;
     ctx.directory.announce(from, &hello.client_addr);
+    ctx.directory.announce_peer(from, &hello.peer_addr);
     ctx.router.observe(
         from,
         &MemberInfo {
@@ -663,9 +771,9 @@ async fn inbound(ctx: &PeerContext, mut sock: TcpStream, remote: &str) -> Result
         m.bytes_received
             .fetch_add(payload.len() as u64 + 4, Relaxed);
         let msg = codec::decode(payload).map_err(|e| format!("bad frame from node {from}: {e}"))?;
-        if ctx.directory.member(from).is_none() {
+        if ctx.directory.is_removed(from) {
             return Err(format!(
-                "node {from} is no longer a member: closing its connection"
+                "node {from} was removed from the cluster: closing its connection"
             ));
         }
         if msg.from != from || msg.to != ctx.me {

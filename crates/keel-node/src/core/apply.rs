@@ -128,17 +128,36 @@ impl<S: Storage, M: StateMachine> GroupCore<S, M> {
         }
         let (entries, bytes) = self.since_snapshot;
         let due = (p.entries > 0 && entries >= p.entries) || (p.bytes > 0 && bytes >= p.bytes);
-        if due {
-            self.take_snapshot();
+        if !due {
+            return;
         }
+        self.take_snapshot();
     }
 
     /// Snapshots the state machine at the applied index now (also on
-    /// request: `Group::snapshot`). Returns false if one is in flight or
-    /// nothing was applied since the last.
+    /// request: `Group::snapshot`). Returns false if one is in flight,
+    /// nothing was applied since the last, or this leader is sending a
+    /// snapshot to a follower.
     pub fn take_snapshot(&mut self) -> bool {
         if self.snapshot_in_flight.is_some() || self.applied.index <= self.snapshot_index {
             return false;
+        }
+        // A new snapshot replaces the one a follower is being sent, and the
+        // transfer starts over: a leader holds off while a follower that is
+        // alive (it answered within two election timeouts) is receiving
+        // one, so snapshots taken more often than a transfer takes cannot
+        // starve it. A follower that stopped answering does not hold the
+        // log back.
+        if self.raft.role() == keel_raft::Role::Leader {
+            let window = 2 * self.raft.config().election_tick as u64;
+            let now = self.ticks;
+            if self
+                .receiving_snapshot
+                .values()
+                .any(|seen| now.saturating_sub(*seen) <= window)
+            {
+                return false;
+            }
         }
         let index = self.applied.index;
         let meta = match self.raft.snapshot_meta(index) {

@@ -150,6 +150,9 @@ impl Members {
         } else if m.is_member(me) {
             self.removed = false;
         }
+        if m != self.applied {
+            events.push(Event::Committed(m.clone()));
+        }
         self.applied = m;
     }
 

@@ -188,6 +188,10 @@ pub enum Event {
     Role(SoftState),
     /// The configuration in force changed (it takes effect when appended).
     Membership(Membership),
+    /// The last committed (applied) configuration changed. A node leaves
+    /// the peer directory only when a committed configuration drops it: a
+    /// leader being removed needs its followers until its removal commits.
+    Committed(Membership),
     /// A committed configuration no longer names this node.
     Removed,
 }
@@ -319,6 +323,9 @@ pub struct GroupCore<S: Storage, M: StateMachine> {
     pub(crate) served: Watermark,
     pub(crate) snapshot_index: Index,
     pub(crate) snapshot_in_flight: Option<Index>,
+    /// Leader: followers being sent a snapshot, and the tick each was last
+    /// seen active.
+    pub(crate) receiving_snapshot: BTreeMap<NodeId, u64>,
     pub(crate) since_snapshot: (u64, u64),
     pub(crate) out: Output<M::Response>,
     pub(crate) stats: CoreStats,
@@ -393,6 +400,7 @@ impl<S: Storage, M: StateMachine> GroupCore<S, M> {
             served: snap,
             snapshot_index: snap.index,
             snapshot_in_flight: None,
+            receiving_snapshot: BTreeMap::new(),
             since_snapshot: (0, 0),
             out: Output::default(),
             stats: CoreStats::default(),
@@ -456,6 +464,11 @@ impl<S: Storage, M: StateMachine> GroupCore<S, M> {
         self.raft.storage_mut()
     }
 
+    /// The last configuration applied (committed) on this node.
+    pub fn committed_membership(&self) -> &Membership {
+        &self.members.applied
+    }
+
     /// The state machine, for queries.
     pub fn state_machine(&self) -> &M {
         &self.sm
@@ -500,6 +513,7 @@ impl<S: Storage, M: StateMachine> GroupCore<S, M> {
             return;
         }
         self.raft.tick();
+        self.track_snapshot_transfers();
         self.expire_requests();
         self.writes_tick();
         self.membership_tick();
@@ -698,6 +712,27 @@ impl<S: Storage, M: StateMachine> GroupCore<S, M> {
             }
         }
         self.transfers = keep;
+    }
+
+    /// Leader, every tick: notes which followers are being sent a snapshot
+    /// and are alive (see `take_snapshot`).
+    fn track_snapshot_transfers(&mut self) {
+        if self.raft.role() != Role::Leader {
+            self.receiving_snapshot.clear();
+            return;
+        }
+        let st = self.raft.status();
+        let now = self.ticks;
+        self.receiving_snapshot.retain(|id, _| {
+            st.peers
+                .iter()
+                .any(|p| p.id == *id && p.state == keel_raft::ProgressState::Snapshot)
+        });
+        for p in &st.peers {
+            if p.state == keel_raft::ProgressState::Snapshot && p.recent_active {
+                self.receiving_snapshot.insert(p.id, now);
+            }
+        }
     }
 
     /// Fails requests that waited too long for an answer that may never
