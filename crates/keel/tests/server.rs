@@ -670,8 +670,12 @@ fn a_peer_that_connects_again_retires_its_old_connection() {
     let deadline = Instant::now() + Duration::from_secs(15);
     let cluster = loop {
         let log = n.log();
-        if let Some(i) = log.find("cluster=") {
-            let hex: String = log[i + 8..].chars().take(16).collect();
+        // The line that says the peer listener is bound (an earlier line,
+        // "bootstrapping ...", names the cluster before it is).
+        if let Some(line) = log.lines().find(|l| l.contains("keel node listening"))
+            && let Some(i) = line.find("cluster=")
+        {
+            let hex: String = line[i + 8..].chars().take(16).collect();
             break u64::from_str_radix(&hex, 16).unwrap();
         }
         assert!(Instant::now() < deadline, "node 1 did not start:\n{log}");
