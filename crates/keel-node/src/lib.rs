@@ -10,6 +10,54 @@
 //! leadership, status and watches. `examples/kv.rs` is a complete
 //! replicated key-value store in about 200 lines; the design is in
 //! `docs/node-library.md`.
+//!
+//! ```no_run
+//! use std::io::{Read, Write};
+//!
+//! use keel_node::{Command, GroupOptions, Node, NodeConfig, SnapshotMeta, SnapshotWriter, StateMachine};
+//!
+//! /// Counts the bytes of every command it applied.
+//! #[derive(Default)]
+//! struct Counter(u64);
+//!
+//! impl StateMachine for Counter {
+//!     type Response = u64;
+//!     fn apply(&mut self, cmd: Command<'_>) -> u64 {
+//!         self.0 += cmd.data.len() as u64;
+//!         self.0
+//!     }
+//!     fn snapshot(&mut self) -> SnapshotWriter {
+//!         let n = self.0;
+//!         Box::new(move |w: &mut dyn Write| w.write_all(&n.to_le_bytes()))
+//!     }
+//!     fn restore(&mut self, _: &SnapshotMeta, r: &mut dyn Read) -> std::io::Result<()> {
+//!         let mut b = [0; 8];
+//!         r.read_exact(&mut b)?;
+//!         self.0 = u64::from_le_bytes(b);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // Node 1 of three; the first start bootstraps the cluster from `peers`,
+//! // later starts read the configuration from the data directory.
+//! let peers = [(1, "10.0.0.1:7071"), (2, "10.0.0.2:7071"), (3, "10.0.0.3:7071")]
+//!     .into_iter()
+//!     .map(|(id, a)| (id, a.to_string()))
+//!     .collect();
+//! let node = Node::start(NodeConfig {
+//!     peers: Some(peers),
+//!     ..NodeConfig::new(1, "/var/lib/counter", "10.0.0.1:7071")
+//! })
+//! .await?;
+//! let group = node.open_group(0, Counter::default(), GroupOptions::default()).await?;
+//! let total = group.propose("hello".into()).await?; // committed on a quorum, applied
+//! let now = group.read(|c: &Counter| c.0).await?; // linearizable, on any node
+//! assert!(now >= total);
+//! node.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(missing_docs)]
 
