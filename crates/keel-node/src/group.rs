@@ -1,6 +1,6 @@
 //! [`Group`]: what an application holds of a raft group its node hosts.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -36,7 +36,9 @@ pub struct Group<M: StateMachine> {
     pub(crate) served: watch::Receiver<Watermark>,
     pub(crate) role: watch::Receiver<SoftState>,
     pub(crate) membership: watch::Receiver<Membership>,
-    pub(crate) log: Arc<LogStore>,
+    /// Weak: a handle that outlives the node must not keep its store open
+    /// (a node restarted in the same process could not open it again).
+    pub(crate) log: Weak<LogStore>,
     pub(crate) directory: Arc<Directory>,
 }
 
@@ -277,6 +279,7 @@ impl<M: StateMachine> Group<M> {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<(Vec<(u64, Bytes)>, u64), LogError> {
+        let log = self.log.upgrade().ok_or(LogError::Closed)?;
         let served = self.served.borrow().end_offset;
         let end = end.min(served);
         let mut out = Vec::new();
@@ -286,7 +289,7 @@ impl<M: StateMachine> Group<M> {
         let mut next = start;
         let mut bytes = 0usize;
         'outer: while next < end {
-            let batches = self.log.read_from_offset(next, max_bytes.max(1))?;
+            let batches = log.read_from_offset(next, max_bytes.max(1))?;
             if batches.is_empty() {
                 break;
             }
@@ -309,9 +312,10 @@ impl<M: StateMachine> Group<M> {
         Ok((out, served))
     }
 
-    /// The first user offset the log still holds on this node.
+    /// The first user offset the log still holds on this node (0 once the
+    /// node stopped).
     pub fn first_offset(&self) -> u64 {
-        self.log.first_offset()
+        self.log.upgrade().map_or(0, |l| l.first_offset())
     }
 
     /// Stops the group's task (the node's shutdown does it for every group).

@@ -127,6 +127,10 @@ struct HostedGroup {
 }
 
 /// A node: data directory, peer transport, hosted groups.
+///
+/// Stop it with [`Node::shutdown`]: dropping a `Node` without it releases
+/// the data directory's lock but leaves its groups' tasks and the peer
+/// listener running until the tokio runtime stops.
 pub struct Node {
     cfg: NodeConfig,
     identity: Identity,
@@ -560,7 +564,7 @@ impl Node {
             served: served_rx,
             role: role_rx,
             membership: membership_rx,
-            log,
+            log: Arc::downgrade(&log),
             directory: self.ctx.directory.clone(),
         };
         let stopper = handle.clone();
