@@ -563,6 +563,11 @@ fn not_applied() -> GroupError {
 
 type Plan = Option<(ConfChange, ConfChange)>;
 
+#[cfg(test)]
+pub(crate) fn plan_for_tests(m: &Membership, req: &ChangeRequest) -> Result<Plan, GroupError> {
+    plan(m, req)
+}
+
 /// Splits a request into the learners to add first and the rest (the
 /// voter change). `Ok(None)`: nothing to do.
 fn plan(m: &Membership, req: &ChangeRequest) -> Result<Plan, GroupError> {
@@ -581,8 +586,8 @@ fn plan(m: &Membership, req: &ChangeRequest) -> Result<Plan, GroupError> {
                     ));
                 }
                 if m.is_learner(*id) {
-                    if info_of(m, *id) != *info {
-                        rest.info.insert(*id, Some(info.encode()));
+                    if let Some(next) = updated(m, *id, info) {
+                        rest.info.insert(*id, Some(next.encode()));
                     }
                 } else {
                     first.ops.push(ConfChangeOp::AddLearner(*id));
@@ -592,9 +597,9 @@ fn plan(m: &Membership, req: &ChangeRequest) -> Result<Plan, GroupError> {
             MemberChange::AddVoter { id, info } => {
                 if let Some(info) = info
                     && m.is_member(*id)
-                    && info_of(m, *id) != *info
+                    && let Some(next) = updated(m, *id, info)
                 {
-                    rest.info.insert(*id, Some(info.encode()));
+                    rest.info.insert(*id, Some(next.encode()));
                 }
                 if m.is_voter(*id) {
                     continue;
@@ -643,6 +648,32 @@ fn plan(m: &Membership, req: &ChangeRequest) -> Result<Plan, GroupError> {
         return Ok(None);
     }
     Ok(Some((first, rest)))
+}
+
+/// A member's info as an operator restates it: the addresses given replace
+/// the recorded ones, but a recorded incarnation stays (an operator does not
+/// know it, and forgetting it would let a wiped directory in). `None` when
+/// nothing changes.
+fn updated(m: &Membership, id: NodeId, given: &MemberInfo) -> Option<MemberInfo> {
+    let known = info_of(m, id);
+    let next = MemberInfo {
+        incarnation: if given.incarnation != 0 {
+            given.incarnation
+        } else {
+            known.incarnation
+        },
+        peer_addr: if given.peer_addr.is_empty() {
+            known.peer_addr.clone()
+        } else {
+            given.peer_addr.clone()
+        },
+        client_addr: if given.client_addr.is_empty() {
+            known.client_addr.clone()
+        } else {
+            given.client_addr.clone()
+        },
+    };
+    (next != known).then_some(next)
 }
 
 /// What an admission must record: a learner's info with an unknown

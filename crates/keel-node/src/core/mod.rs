@@ -69,7 +69,9 @@ pub struct SnapshotPolicy {
     /// snapshot (0: never by size).
     pub bytes: u64,
     /// Purge the log behind a snapshot (keeping
-    /// `Config::compaction_keep_entries`). A state machine whose state is
+    /// `Config::compaction_keep_entries`). The log store removes whole
+    /// segments only (`LogOptions::segment_bytes`, 64 MiB by default), so a
+    /// small state machine with the default segment size compacts rarely. A state machine whose state is
     /// the log itself (the log service) keeps its log and snapshots only to
     /// restart faster.
     pub compact: bool,

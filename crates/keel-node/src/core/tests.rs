@@ -361,3 +361,31 @@ fn writes_that_waited_for_space_do_not_append_below_a_snapshot_installed_meanwhi
         out.writes
     );
 }
+
+#[test]
+fn restating_a_members_address_keeps_its_recorded_incarnation() {
+    let mut m = Membership::new([1], [2]);
+    let recorded = MemberInfo {
+        incarnation: 77,
+        peer_addr: "a:1".into(),
+        client_addr: "a:0".into(),
+    };
+    m.info.insert(2, recorded.encode());
+    let given = MemberInfo {
+        incarnation: 0,
+        peer_addr: "b:1".into(),
+        client_addr: String::new(),
+    };
+    let req = ChangeRequest {
+        changes: vec![MemberChange::AddVoter {
+            id: 2,
+            info: Some(given),
+        }],
+        wait_for_catch_up: true,
+    };
+    let (_, rest) = membership::plan_for_tests(&m, &req).unwrap().unwrap();
+    let info = MemberInfo::decode(rest.info[&2].as_ref().unwrap()).unwrap();
+    assert_eq!(info.incarnation, 77, "the incarnation must survive");
+    assert_eq!(info.peer_addr, "b:1");
+    assert_eq!(info.client_addr, "a:0");
+}
