@@ -524,9 +524,21 @@ impl<S: Storage> Raft<S> {
     }
 
     fn step_follower(&mut self, m: Message) -> Result<(), Error> {
+        // A read answered without an index comes from a node that does not
+        // lead (it stepped down in this term: demoted, removed, cut off from
+        // a quorum). It proves nothing; counting it as the leader's word
+        // would keep our election timer from ever running out while clients
+        // send reads, with a learner "leader" that never campaigns.
+        let not_leading = matches!(m.body, MessageBody::ReadIndexResponse { index: None, .. });
         if m.from == self.leader {
-            // Any message from the current leader proves it alive.
-            self.election_elapsed = 0;
+            if not_leading {
+                // Stop forwarding reads and redirecting clients to it; the
+                // election timer runs on.
+                self.leader = NONE;
+            } else {
+                // Any other message from the current leader proves it alive.
+                self.election_elapsed = 0;
+            }
         }
         match m.body {
             MessageBody::Append(a) => {

@@ -814,3 +814,44 @@ fn a_restarted_node_recovers_member_info_from_its_last_configuration_entries() {
     net.propose(1, b"y").unwrap();
     assert_eq!(net.node(4).raft.membership(), &want);
 }
+
+#[test]
+fn the_followers_of_a_demoted_leader_elect_another_while_reads_keep_coming() {
+    // A leader that demotes itself leads until the change commits, then
+    // steps down within its term and, a learner now, never campaigns. Its
+    // followers forward clients' reads to it and it answers that it does
+    // not lead: that answer must not count as word from a live leader, or
+    // their election timers never run out while reads keep coming (seen
+    // with real processes: no leader for a minute, until the old leader's
+    // process died).
+    let mut net = Net::new(3);
+    assert!(net.elect(1));
+    net.propose(1, b"a").unwrap();
+    change(&mut net, 1, &[ConfChangeOp::AddLearner(1)]).unwrap();
+    assert_eq!(voters(&net, 2), vec![2, 3]);
+    assert!(net.node(1).raft.membership().is_learner(1));
+    assert_ne!(net.node(1).raft.role(), Role::Leader);
+    let mut ctx = 0;
+    for _ in 0..100 {
+        for id in [2, 3] {
+            ctx += 1;
+            // Forwarded while the node still follows node 1; refused
+            // (no leader known) once it learned node 1 does not lead.
+            let _ = net.raft(id).read_index(ctx);
+        }
+        net.tick_all(1);
+        if !net.leaders().is_empty() {
+            break;
+        }
+    }
+    let l = net.leaders();
+    assert_eq!(l.len(), 1, "no leader elected while reads kept coming");
+    assert!(l[0] == 2 || l[0] == 3, "leader {l:?}");
+    net.propose(l[0], b"b").unwrap();
+    assert_eq!(net.applied_data(3), vec![b"a".to_vec(), b"b".to_vec()]);
+    assert_eq!(
+        net.node(1).raft.role(),
+        Role::Follower,
+        "the learner never campaigns"
+    );
+}

@@ -227,14 +227,17 @@ fn any_message_from_the_leader_resets_a_followers_election_timer() {
         for _ in 0..9 {
             r.tick();
         }
-        // A read-index reply (not an append or heartbeat) from the leader.
+        // A read-index reply (not an append or heartbeat) from the leader:
+        // a confirmed read, the only answer a leader gives. (An answer
+        // without an index comes from a node that does not lead, and does
+        // not count: see membership.rs, a demoted leader's followers.)
         r.step(msg(
             1,
             2,
             1,
             MessageBody::ReadIndexResponse {
                 ctx: round,
-                index: None,
+                index: Some(0),
             },
         ))
         .unwrap();
