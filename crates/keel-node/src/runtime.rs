@@ -395,11 +395,6 @@ impl<M: StateMachine> Driver<M> {
             match e {
                 Event::Role(ss) => self.on_role(ss),
                 Event::Membership(m) => {
-                    if m.is_member(self.core.id()) {
-                        // Joined: the group's own configuration says who
-                        // the peers are from now on.
-                        self.transport.context().directory.clear_seed(group);
-                    }
                     self.latest = m.clone();
                     self.transport.context().directory.set_group(
                         group,
@@ -410,6 +405,16 @@ impl<M: StateMachine> Driver<M> {
                     self.membership_tx.send_replace(m);
                 }
                 Event::Committed(m) => {
+                    let ctx = self.transport.context();
+                    if m.is_member(ctx.me)
+                        && crate::member_info::info_of(&m, ctx.me).incarnation == ctx.incarnation
+                    {
+                        // Caught up past its admission (a configuration
+                        // naming this very data directory, not an earlier
+                        // node with this id): the group's own
+                        // configurations say who the peers are from now on.
+                        ctx.directory.clear_seed(group);
+                    }
                     self.committed = m;
                     self.transport.context().directory.set_group(
                         group,
@@ -419,10 +424,17 @@ impl<M: StateMachine> Driver<M> {
                     self.transport.prune();
                 }
                 Event::Removed => {
-                    warn!(
-                        group,
-                        "this node was removed from the group: it stops campaigning and serves only what it holds"
-                    );
+                    if self.transport.context().directory.has_seed(group) {
+                        debug!(
+                            group,
+                            "applied an old configuration without this node while catching up to its admission"
+                        );
+                    } else {
+                        warn!(
+                            group,
+                            "this node was removed from the group: it stops campaigning and serves only what it holds"
+                        );
+                    }
                 }
             }
         }

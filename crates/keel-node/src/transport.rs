@@ -37,15 +37,19 @@ use crate::member_info::{MemberInfo, info_of};
 use crate::metrics::Registry;
 
 /// Who the members are and how to reach them, merged over every group this
-/// node hosts, and who was removed.
+/// node hosts, and which data directories were removed.
 ///
 /// A node accepts a handshake from a member (whose incarnation, once
-/// known, must match), refuses one from a node a committed configuration
-/// of a hosted group removed, and accepts one from a node it does not know
-/// yet: a node that lags (or joins) does not yet hold the configuration
-/// that added the current leader, and must still hear it. Addresses come
-/// from the configurations, else from what a peer announced in its
-/// handshake, else from the ticket a joining node started with.
+/// known, must match), refuses one from a data directory a committed
+/// configuration of a hosted group removed (the node id with the
+/// incarnation it had then: a node re-added after a wipe has a new one),
+/// and accepts one from a node it does not know yet: a node that lags (or
+/// joins) does not yet hold the configuration that added the current
+/// leader, and must still hear it. Addresses come from the configurations,
+/// else from what a peer announced in its handshake. A joining node's
+/// ticket (the configuration as of its admission) overrides the older
+/// configurations it replays while catching up, until a committed
+/// configuration names it.
 #[derive(Debug, Default)]
 pub struct Directory {
     inner: RwLock<DirInner>,
@@ -57,16 +61,16 @@ struct DirInner {
     /// configurations, and their info.
     groups: HashMap<GroupId, BTreeMap<NodeId, MemberInfo>>,
     /// Per group: the members of the last committed configuration seen.
-    committed: HashMap<GroupId, BTreeSet<NodeId>>,
-    /// Per group: a joining node's ticket, until the group's configuration
-    /// names this node.
+    committed: HashMap<GroupId, BTreeMap<NodeId, MemberInfo>>,
+    /// Per group: a joining node's ticket, until a committed configuration
+    /// of the group names this node.
     seeds: HashMap<GroupId, BTreeMap<NodeId, MemberInfo>>,
-    /// The merge over groups and seeds (an entry with a known incarnation
-    /// wins; configurations over seeds).
+    /// The merge over groups and seeds (seeds win; then an entry with a
+    /// known incarnation).
     members: HashMap<NodeId, MemberInfo>,
-    /// Nodes a committed configuration dropped, that no configuration
-    /// names again (since this process started).
-    removed: BTreeSet<NodeId>,
+    /// Data directories (node id, incarnation) a committed configuration
+    /// dropped, since this process started.
+    removed: BTreeSet<(NodeId, u64)>,
     /// Client addresses as announced in handshakes (fresher than the
     /// configuration's).
     announced: HashMap<NodeId, String>,
@@ -81,20 +85,25 @@ impl Directory {
     /// of its last committed one (a member being removed stays reachable
     /// until its removal commits, so a leader removing itself still gets
     /// the acknowledgements that commit it; a member being added is
-    /// reachable at once). The latest configuration's info wins. A node
-    /// the committed configuration dropped since the last call is removed.
+    /// reachable at once). The latest configuration's info wins. A data
+    /// directory the committed configuration dropped since the last call
+    /// (with a known incarnation) is removed.
     pub fn set_group(&self, group: GroupId, latest: &Membership, committed: &Membership) {
         let mut d = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        let mut members: BTreeMap<NodeId, MemberInfo> = committed
+        let now: BTreeMap<NodeId, MemberInfo> = committed
             .all_members()
             .map(|id| (id, info_of(committed, id)))
             .collect();
+        let mut members = now.clone();
         for id in latest.all_members() {
             members.insert(id, info_of(latest, id));
         }
-        let now: BTreeSet<NodeId> = committed.all_members().collect();
         if let Some(before) = d.committed.get(&group) {
-            let gone: Vec<NodeId> = before.difference(&now).copied().collect();
+            let gone: Vec<(NodeId, u64)> = before
+                .iter()
+                .filter(|(id, info)| !now.contains_key(id) && info.incarnation != 0)
+                .map(|(id, info)| (*id, info.incarnation))
+                .collect();
             d.removed.extend(gone);
         }
         if !now.is_empty() {
@@ -104,13 +113,24 @@ impl Directory {
         d.merge();
     }
 
-    /// The configuration a joining node was given for `group`: reachable
-    /// until the group's own configuration names this node.
+    /// The configuration a joining node was given for `group` (as of its
+    /// admission): its members are reachable, and their info overrides the
+    /// older configurations the node replays, until a committed
+    /// configuration of the group names this node ([`clear_seed`]).
+    ///
+    /// [`clear_seed`]: Directory::clear_seed
     pub fn set_seed(&self, group: GroupId, m: &Membership) {
         let mut d = self.inner.write().unwrap_or_else(|p| p.into_inner());
         let members = m.all_members().map(|id| (id, info_of(m, id))).collect();
         d.seeds.insert(group, members);
         d.merge();
+    }
+
+    /// Whether this node still holds a joining node's seed for `group`
+    /// (it is catching up to its own admission).
+    pub fn has_seed(&self, group: GroupId) -> bool {
+        let d = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        d.seeds.contains_key(&group)
     }
 
     /// Drops a joining node's seed for `group`.
@@ -137,20 +157,17 @@ impl Directory {
         d.members.get(&id).cloned()
     }
 
-    /// Whether a committed configuration removed `id` (and none names it
-    /// again).
-    pub fn is_removed(&self, id: NodeId) -> bool {
+    /// Whether a committed configuration removed node `id` running on the
+    /// data directory `incarnation`.
+    pub fn is_removed(&self, id: NodeId, incarnation: u64) -> bool {
         let d = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        d.removed.contains(&id)
+        d.removed.contains(&(id, incarnation))
     }
 
     /// Where to dial `id`, and the incarnation to expect (0: unknown); none
-    /// for a removed node or one without a known address.
+    /// without a known address.
     pub fn address(&self, id: NodeId) -> Option<(String, u64)> {
         let d = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        if d.removed.contains(&id) {
-            return None;
-        }
         match d.members.get(&id) {
             Some(m) if !m.peer_addr.is_empty() => Some((m.peer_addr.clone(), m.incarnation)),
             m => d
@@ -233,14 +250,13 @@ impl DirInner {
         }
         for g in self.seeds.values() {
             for (id, info) in g {
-                members.entry(*id).or_insert_with(|| info.clone());
+                members.insert(*id, info.clone());
             }
         }
-        let removed = std::mem::take(&mut self.removed);
-        self.removed = removed
-            .into_iter()
-            .filter(|id| !members.contains_key(id))
-            .collect();
+        // A data directory a configuration names again (re-added as it
+        // was) is no longer removed.
+        self.removed
+            .retain(|(id, inc)| members.get(id).is_none_or(|m| m.incarnation != *inc));
         self.members = members;
     }
 }
@@ -389,8 +405,9 @@ impl Transport {
     /// Closes the connections to nodes that are no longer members of any
     /// hosted group (their writer tasks end when their queue closes).
     pub fn prune(&self) {
+        let d = &self.ctx.directory;
         let mut queues = self.queues.write().unwrap_or_else(|p| p.into_inner());
-        queues.retain(|id, _| !self.ctx.directory.is_removed(*id));
+        queues.retain(|id, _| d.member(*id).is_some() || d.address(*id).is_some());
     }
 
     /// The queue to `to`, starting its connection task when needed.
@@ -420,10 +437,7 @@ async fn outbound(ctx: Arc<PeerContext>, to: NodeId, mut rx: mpsc::UnboundedRece
         // Whatever queued while disconnected is stale: raft resends.
         while rx.try_recv().is_ok() {}
         let Some((addr, incarnation)) = ctx.directory.address(to) else {
-            debug!(
-                peer = to,
-                "removed, or no address known: closing the connection task"
-            );
+            debug!(peer = to, "no address known: closing the connection task");
             return;
         };
         match dial(&ctx, to, &addr, incarnation).await {
@@ -675,7 +689,7 @@ fn refusal(ctx: &PeerContext, hello: &Hello) -> Option<(RefuseCode, String)> {
             format!("node {} claims this node's own id", hello.from),
         ));
     }
-    if ctx.directory.is_removed(hello.from) {
+    if ctx.directory.is_removed(hello.from, hello.incarnation) {
         return Some((
             RefuseCode::NotMember,
             format!(
@@ -726,7 +740,7 @@ async fn inbound(ctx: &PeerContext, mut sock: TcpStream, remote: &str) -> Result
     }))
     .await
     .map_err(|e| e.to_string())?;
-    let from = hello.from;
+    let (from, incarnation) = (hello.from, hello.incarnation);
     ctx.directory.announce(from, &hello.client_addr);
     ctx.directory.announce_peer(from, &hello.peer_addr);
     ctx.router.observe(
@@ -771,7 +785,7 @@ async fn inbound(ctx: &PeerContext, mut sock: TcpStream, remote: &str) -> Result
         m.bytes_received
             .fetch_add(payload.len() as u64 + 4, Relaxed);
         let msg = codec::decode(payload).map_err(|e| format!("bad frame from node {from}: {e}"))?;
-        if ctx.directory.is_removed(from) {
+        if ctx.directory.is_removed(from, incarnation) {
             return Err(format!(
                 "node {from} was removed from the cluster: closing its connection"
             ));
@@ -783,5 +797,133 @@ async fn inbound(ctx: &PeerContext, mut sock: TcpStream, remote: &str) -> Result
             ));
         }
         ctx.router.route(msg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(incarnation: u64, port: u16) -> MemberInfo {
+        MemberInfo {
+            incarnation,
+            peer_addr: format!("127.0.0.1:{port}"),
+            client_addr: String::new(),
+        }
+    }
+
+    /// A configuration of `voters` and `learners`, with infos.
+    fn conf(voters: &[(NodeId, u64)], learners: &[(NodeId, u64)]) -> Membership {
+        let mut m = Membership::new(
+            voters.iter().map(|(id, _)| *id),
+            learners.iter().map(|(id, _)| *id),
+        );
+        for (id, inc) in voters.iter().chain(learners) {
+            m.info.insert(*id, info(*inc, 7000 + *id as u16).encode());
+        }
+        m
+    }
+
+    fn ctx(me: NodeId, incarnation: u64) -> PeerContext {
+        PeerContext {
+            cluster: 9,
+            me,
+            incarnation,
+            client_addr: String::new(),
+            peer_addr: String::new(),
+            directory: Arc::new(Directory::default()),
+            router: Arc::new(Router::default()),
+            metrics: Registry::new(me),
+            inbound: Default::default(),
+        }
+    }
+
+    fn hello(from: NodeId, incarnation: u64, to: NodeId) -> Hello {
+        Hello {
+            cluster: 9,
+            from,
+            to,
+            incarnation,
+            client_addr: String::new(),
+            peer_addr: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_removed_data_directory_is_refused_and_the_same_node_on_a_new_one_is_not() {
+        let c = ctx(2, 20);
+        let d = &c.directory;
+        let before = conf(&[(1, 10), (2, 20), (3, 30)], &[]);
+        d.set_group(0, &before, &before);
+        assert!(refusal(&c, &hello(1, 10, 2)).is_none());
+        assert_eq!(
+            refusal(&c, &hello(1, 11, 2)).map(|r| r.0),
+            Some(RefuseCode::Incarnation),
+            "a member on another data directory"
+        );
+        // Node 1's removal appended, not yet committed: still reachable.
+        let after = conf(&[(2, 20), (3, 30)], &[]);
+        d.set_group(0, &after, &before);
+        assert!(refusal(&c, &hello(1, 10, 2)).is_none());
+        // Committed: that data directory is refused; node 1 on a wiped one
+        // (joining again) is not.
+        d.set_group(0, &after, &after);
+        assert_eq!(
+            refusal(&c, &hello(1, 10, 2)).map(|r| r.0),
+            Some(RefuseCode::NotMember)
+        );
+        assert!(refusal(&c, &hello(1, 12, 2)).is_none());
+        assert!(
+            refusal(&c, &hello(7, 70, 2)).is_none(),
+            "a node not known yet"
+        );
+        let mut other = hello(1, 12, 2);
+        other.cluster = 8;
+        assert_eq!(
+            refusal(&c, &other).map(|r| r.0),
+            Some(RefuseCode::OtherCluster)
+        );
+    }
+
+    #[test]
+    fn a_joining_node_replaying_old_configurations_still_accepts_the_current_leader() {
+        // Node 4 (incarnation 41) joins; its ticket is the configuration as
+        // of its admission: node 1 leads on its second data directory (12).
+        let c = ctx(4, 41);
+        let d = &c.directory;
+        d.set_seed(0, &conf(&[(1, 12), (2, 20), (3, 30)], &[(4, 41)]));
+        // It replays the history in its log: node 4's earlier data
+        // directory (40) was a voter, node 1's first one (10) was removed.
+        let history = [
+            conf(&[(1, 10), (2, 20), (3, 30)], &[]),
+            conf(&[(1, 10), (2, 20), (3, 30), (4, 40)], &[]),
+            conf(&[(1, 10), (2, 20), (3, 30)], &[]),
+            conf(&[(2, 20), (3, 30)], &[]),
+            conf(&[(2, 20), (3, 30)], &[(1, 12)]),
+        ];
+        let mut committed = Membership::default();
+        for latest in &history {
+            d.set_group(0, latest, &committed);
+            assert!(
+                refusal(&c, &hello(1, 12, 4)).is_none(),
+                "the current leader refused at {latest:?}"
+            );
+            committed = latest.clone();
+            d.set_group(0, latest, &committed);
+            assert!(
+                refusal(&c, &hello(1, 12, 4)).is_none(),
+                "the current leader refused once {latest:?} committed"
+            );
+        }
+        assert_eq!(d.address(1).map(|a| a.1), Some(12));
+        // Its own admission commits: the configurations rule from now on.
+        d.clear_seed(0);
+        let now = conf(&[(1, 12), (2, 20), (3, 30)], &[(4, 41)]);
+        d.set_group(0, &now, &now);
+        assert!(refusal(&c, &hello(1, 12, 4)).is_none());
+        assert!(
+            refusal(&c, &hello(1, 10, 4)).is_some(),
+            "node 1's first data directory, removed"
+        );
     }
 }

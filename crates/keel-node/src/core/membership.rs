@@ -142,10 +142,6 @@ impl Members {
         let was = self.applied.is_member(me);
         if was && !m.is_member(me) && !in_latest && !self.removed {
             self.removed = true;
-            tracing::warn!(
-                "this node was removed from the group's configuration: it takes no part any more (voters now: {:?})",
-                m.voters
-            );
             events.push(Event::Removed);
         } else if m.is_member(me) {
             self.removed = false;
