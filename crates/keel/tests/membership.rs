@@ -765,6 +765,67 @@ fn a_removed_leader_steps_down_stops_campaigning_and_is_refused_when_it_returns(
 }
 
 #[test]
+fn demoting_the_leader_while_every_node_serves_reads_elects_another_within_seconds() {
+    // The demoted leader steps down once the change commits and, a learner
+    // now, never campaigns. The followers forward linearizable reads to the
+    // node they followed; its answer (it does not lead) once counted as
+    // word from a live leader, so while reads kept coming no follower's
+    // election timer ran out: no leader for as long as the load lasted
+    // (found by keel-chaos's membership nemesis).
+    let rt = rt();
+    let _e = rt.enter();
+    let c = Cluster::start(3, "demote");
+    let leader = wait_leader_among(&rt, &c, &[1, 2, 3], SECS(15));
+    let all: Vec<String> = c.nodes.iter().map(|n| n.client_addr.clone()).collect();
+    let w = Writer::start(&rt, all.clone(), "demote", 2);
+    w.wait_more(30, SECS(10), &c);
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = all
+        .iter()
+        .map(|a| {
+            let (a, stop) = (a.clone(), stop.clone());
+            rt.spawn(async move {
+                // One node only: a follower serves the read itself (through
+                // the leader's read index), so it keeps asking the node it
+                // follows.
+                let c = one(&a, SECS(1));
+                while !stop.load(Ordering::SeqCst) {
+                    let _ = c.read(0, 1, false).await;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = keel_json(&[
+        "members",
+        "demote",
+        &leader.to_string(),
+        "--change-timeout",
+        "20s",
+        "--endpoints",
+        &c.endpoints(),
+    ])
+    .unwrap_or_else(|e| panic!("keel members demote {leader}: {e}\n{}", c.logs()));
+    assert_eq!(ids_with(&r, "learner"), vec![leader], "{r}");
+    let rest: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+    // A few election timeouts (10 ticks of 30 ms each), not the load's
+    // length.
+    let new_leader = try_leader_among(&rt, &c, &rest, SECS(5))
+        .unwrap_or_else(|e| panic!("after demoting leader {leader}: {e}\n{}", c.logs()));
+    assert_ne!(new_leader, leader);
+    w.wait_more(30, SECS(10), &c);
+    stop.store(true, Ordering::SeqCst);
+    for t in readers {
+        rt.block_on(t).expect("reader task");
+    }
+    let (acked, fence) = w.stop(&rt);
+    let s = status(&rt, &c.get(leader).client_addr).unwrap();
+    assert_eq!(s.role, "learner", "{s:?}");
+    check_logs(&rt, &c, &[1, 2, 3], &acked, fence + 1);
+}
+
+#[test]
 fn learners_serve_stale_reads_and_never_campaign() {
     let rt = rt();
     let _e = rt.enter();
@@ -1417,4 +1478,84 @@ fn a_restarted_node_never_serves_less_than_it_served_before() {
         "node {f} served {before2} before its restart, {} after",
         s.served_offset
     );
+}
+
+#[test]
+fn a_fresh_node_catches_up_through_a_history_that_removed_and_readded_the_leader() {
+    // The log a joining node replays holds configurations older than its
+    // admission: one where an earlier node with its id was a voter, and
+    // one that removed the node that leads now (it came back since, with a
+    // new data directory). Neither may stop it from following the leader.
+    let rt = rt();
+    let _e = rt.enter();
+    let mut c = Cluster::with_joiners(3, 4, "stale-join", &[]);
+    for id in 1..=3 {
+        c.node(id).start();
+    }
+    wait_leader_among(&rt, &c, &[1, 2, 3], SECS(15));
+    let ep23 = c.endpoints_of(&[2, 3]);
+    let root = c.root.0.clone();
+    // Each step appends more than one append message carries (4 MiB), so
+    // the joining node receives the history in several batches and applies
+    // each old configuration while the newer ones are not in its log yet.
+    let pad = "x".repeat(64 << 10);
+    let append = |tag: &str, ep: &str| {
+        let lines: String = (0..80).map(|i| format!("{tag}-{i}-{pad}\n")).collect();
+        let o = keel_in(
+            &root,
+            &["append", "-f", "-", "--endpoints", ep],
+            Some(&lines),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    append("first", &ep23);
+    // Node 4, first data directory: joins and becomes a voter, then leaves.
+    join_then_promote(&rt, &mut c, 4, &ep23);
+    append("with-4", &ep23);
+    remove(&c, &[4], &ep23);
+    c.node(4).kill();
+    c.node(4).wipe();
+    // Node 1 leaves and comes back on a new data directory, and leads.
+    remove(&c, &[1], &ep23);
+    c.node(1).kill();
+    c.node(1).wipe();
+    c.node(1).peers.clear();
+    c.node(1).join = Some(ep23.clone());
+    append("without-1", &ep23);
+    join_then_promote(&rt, &mut c, 1, &ep23);
+    let o = keel(&["transfer-leader", "--to", "1", "--endpoints", &ep23]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    append("led-by-1", &c.endpoints_of(&[1, 2, 3]));
+    // Node 4 again, fresh: it must catch up and follow node 1, also when
+    // it restarts half way (it then knows only the old configurations it
+    // holds, and its join ticket).
+    let leader_end = status(&rt, &c.get(1).client_addr).unwrap().end_offset;
+    c.node(4).start();
+    let a4 = c.get(4).client_addr.clone();
+    let _ = try_wait_for("node 4 to have part of the log", SECS(20), || {
+        let s = status(&rt, &a4)?;
+        if s.end_offset > 0 {
+            Ok(s)
+        } else {
+            Err(format!("{s:?}"))
+        }
+    });
+    c.node(4).kill();
+    c.node(4).start();
+    wait_admitted(&rt, &c, &[4], &ep23);
+    let s = try_wait_for("the fresh node 4 to catch up", SECS(20), || {
+        let s = status(&rt, &a4)?;
+        if s.end_offset >= leader_end && s.leader_id == 1 && !s.removed {
+            Ok(s)
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert!(s.refusals.is_empty(), "{:?}", s.refusals);
+    assert_eq!(s.role, "learner");
+    let o = keel_json(&["members", "promote", "4", "--endpoints", &ep23])
+        .unwrap_or_else(|e| panic!("promote 4: {e}\n{}", c.logs()));
+    assert_eq!(ids_with(&o, "voter"), vec![1, 2, 3, 4], "{o}");
+    check_logs(&rt, &c, &[1, 2, 3, 4], &BTreeMap::new(), leader_end);
 }
