@@ -2,6 +2,15 @@
 //! crash that loses un-fsynced writes (after kill -9, each segment is cut
 //! back to the length its last completed fdatasync made durable, as the
 //! server's sync record says: see keel-log's `sync_record`).
+//!
+//! Slots: the founding nodes `1..=founding` (started with `--peers`), then
+//! spare slots the membership nemesis adds at run time. A slot is a
+//! [`Role::Member`] while its data directory is (or is becoming) the
+//! cluster's member of that id, and [`Role::Spare`] otherwise: never
+//! started, or stopped after it left the configuration. A spare's data
+//! directory is stale (a removed member's identity) or empty; it is wiped
+//! before the slot starts again, always with `--join`, so a removed node
+//! never comes back with its old data.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -13,16 +22,49 @@ use keel_client::{Client, ClientOptions};
 use crate::Error;
 use crate::net::Net;
 
+/// What the runner takes a slot to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// In the configuration, or on its way in (started with `--join`):
+    /// runs with its own data directory, restarted after faults.
+    Member,
+    /// Not a member: not running; its directory is wiped before it starts.
+    Spare,
+}
+
+/// How a slot's server is started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Start {
+    /// A founding member: `--peers` (bootstraps an empty directory).
+    Peers,
+    /// `--join` through these client addresses (ignored by the server once
+    /// the directory holds the cluster).
+    Join(String),
+}
+
 pub struct Node {
     pub id: usize,
     pub data_dir: PathBuf,
     log_path: PathBuf,
     child: Option<Child>,
     paused: bool,
+    pub role: Role,
+    /// Seen in a committed configuration since it last started afresh
+    /// (founding members from the start). An unconfirmed joiner that exits
+    /// was refused or gave up; a confirmed member that exits crashed.
+    pub confirmed: bool,
+    start: Start,
+    /// Times this slot started with a fresh directory (`--join`).
+    pub incarnations: u32,
 }
 
 pub struct Cluster {
     pub nodes: Vec<Node>,
+    /// The founding member count (`--nodes`).
+    pub founding: usize,
+    /// The voters of the last committed configuration the runner read
+    /// (the founding nodes at first).
+    pub voters: Vec<usize>,
     bin: PathBuf,
     peers: String,
     /// Extra environment for every server (the fault switches).
@@ -59,15 +101,19 @@ fn last_data_end(f: &std::fs::File, lo: u64, hi: u64) -> std::io::Result<u64> {
 }
 
 impl Cluster {
+    /// Slots for every node of `net`: `1..=founding` are the founding
+    /// members, the rest spares.
     pub fn new(
         net: &Net,
+        founding: usize,
         bin: &Path,
         work: &Path,
         env: Vec<(String, String)>,
         tick_ms: u64,
     ) -> Result<Cluster, Error> {
         let n = net.nodes();
-        let peers = (1..=n)
+        let founding = founding.min(n);
+        let peers = (1..=founding)
             .map(|i| format!("{i}={}", net.peer_addr(i)))
             .collect::<Vec<_>>()
             .join(",");
@@ -76,21 +122,117 @@ impl Cluster {
             let data_dir = work.join(format!("n{id}"));
             std::fs::create_dir_all(&data_dir)
                 .map_err(|e| Error::Setup(format!("cannot create {}: {e}", data_dir.display())))?;
+            let founder = id <= founding;
             nodes.push(Node {
                 id,
                 log_path: work.join(format!("n{id}.log")),
                 data_dir,
                 child: None,
                 paused: false,
+                role: if founder { Role::Member } else { Role::Spare },
+                confirmed: founder,
+                start: if founder {
+                    Start::Peers
+                } else {
+                    Start::Join(String::new())
+                },
+                incarnations: 0,
             });
         }
         Ok(Cluster {
             nodes,
+            founding,
+            voters: (1..=founding).collect(),
             bin: bin.to_path_buf(),
             peers,
             env,
             tick_ms,
         })
+    }
+
+    /// The slots the runner takes for members (running or down by a fault).
+    pub fn member_ids(&self) -> Vec<usize> {
+        self.nodes
+            .iter()
+            .filter(|n| n.role == Role::Member)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    pub fn role(&self, id: usize) -> Role {
+        self.nodes[id - 1].role
+    }
+
+    /// Starts spare slot `id` afresh: wipes its data directory and starts
+    /// it with `--join` through `endpoints` (client addresses of members).
+    pub fn start_joining(
+        &mut self,
+        net: &Net,
+        id: usize,
+        endpoints: &[String],
+    ) -> Result<(), Error> {
+        if endpoints.is_empty() {
+            return Err(Error::Fault(format!(
+                "node {id} cannot join: no member to ask"
+            )));
+        }
+        self.kill(id);
+        let node = &mut self.nodes[id - 1];
+        let _ = std::fs::remove_dir_all(&node.data_dir);
+        std::fs::create_dir_all(&node.data_dir)
+            .map_err(|e| Error::Setup(format!("cannot create {}: {e}", node.data_dir.display())))?;
+        node.start = Start::Join(endpoints.join(","));
+        node.role = Role::Member;
+        node.confirmed = false;
+        node.incarnations += 1;
+        let note = format!(
+            "\n=== keel-chaos: node {id}: data directory wiped; starting with --join {} (fresh start #{})\n\n",
+            endpoints.join(","),
+            node.incarnations
+        );
+        let _ = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, note.as_bytes()));
+        self.start(net, id)
+    }
+
+    /// Stops slot `id` (SIGTERM, or kill -9 if `kill`) and makes it a
+    /// spare: it left the configuration (or never got in).
+    pub fn retire(&mut self, id: usize, kill: bool) {
+        if kill {
+            self.kill(id);
+        } else {
+            self.terminate(id);
+        }
+        let node = &mut self.nodes[id - 1];
+        node.role = Role::Spare;
+        node.confirmed = false;
+        let note = format!("\n=== keel-chaos: node {id} stopped: no longer a member\n\n");
+        let _ = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, note.as_bytes()));
+    }
+
+    /// SIGTERM one node and wait for it (SIGKILL after 5 s).
+    pub fn terminate(&mut self, id: usize) {
+        self.resume(id);
+        self.signal(id, libc::SIGTERM);
+        let node = &mut self.nodes[id - 1];
+        if let Some(mut c) = node.child.take() {
+            for _ in 0..100 {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        node.paused = false;
     }
 
     pub fn len(&self) -> usize {
@@ -124,10 +266,17 @@ impl Cluster {
             .arg(&node.data_dir)
             .args(["--client-addr", &net.client_addr(id)])
             .args(["--peer-addr", &net.peer_addr(id)])
-            .args(["--metrics-addr", "off"])
-            .args(["--peers", &self.peers])
-            .args(["--cluster-name", "keelchaos"])
-            .args(["--tick-ms", &self.tick_ms.to_string()])
+            .args(["--metrics-addr", "off"]);
+        match &node.start {
+            Start::Peers => {
+                cmd.args(["--peers", &self.peers])
+                    .args(["--cluster-name", "keelchaos"]);
+            }
+            Start::Join(endpoints) => {
+                cmd.args(["--join", endpoints]);
+            }
+        }
+        cmd.args(["--tick-ms", &self.tick_ms.to_string()])
             .args(["--request-timeout-ms", "2000"])
             .env("KEEL_LOG_LEVEL", "info")
             .env("KEEL_FAULT_SYNC_RECORD", "1")
@@ -187,14 +336,10 @@ impl Cluster {
                 "node {id} still runs; kill it before cutting its files"
             )));
         }
-        let groups = self.nodes[id - 1].data_dir.join("groups");
         let mut cuts = Vec::new();
-        let Ok(dirs) = std::fs::read_dir(&groups) else {
-            return Ok(cuts);
-        };
-        for g in dirs.flatten() {
-            cut_dir(&g.path(), &mut cuts)
-                .map_err(|e| Error::Fault(format!("cutting {}: {e}", g.path().display())))?;
+        for dir in store_dirs(&self.nodes[id - 1].data_dir) {
+            cut_dir(&dir, &mut cuts)
+                .map_err(|e| Error::Fault(format!("cutting {}: {e}", dir.display())))?;
         }
         Ok(cuts)
     }
@@ -204,9 +349,8 @@ impl Cluster {
     /// is stopped or dead, so it cannot change underneath.)
     pub fn unsynced_bytes(&self, id: usize) -> u64 {
         let mut total = 0;
-        let groups = self.nodes[id - 1].data_dir.join("groups");
-        for g in std::fs::read_dir(groups).into_iter().flatten().flatten() {
-            let mut segs: Vec<PathBuf> = std::fs::read_dir(g.path())
+        for dir in store_dirs(&self.nodes[id - 1].data_dir) {
+            let mut segs: Vec<PathBuf> = std::fs::read_dir(&dir)
                 .into_iter()
                 .flatten()
                 .flatten()
@@ -238,11 +382,9 @@ impl Cluster {
     /// segments), i.e. the server was built with `fault-injection`.
     pub fn has_sync_records(&self) -> bool {
         self.nodes.iter().any(|n| {
-            std::fs::read_dir(n.data_dir.join("groups"))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|g| std::fs::read_dir(g.path()).ok())
+            store_dirs(&n.data_dir)
+                .iter()
+                .filter_map(|d| std::fs::read_dir(d).ok())
                 .flatten()
                 .flatten()
                 .any(|f| f.file_name().to_string_lossy().ends_with(".log.synced"))
@@ -295,6 +437,20 @@ impl Drop for Cluster {
             self.kill(id);
         }
     }
+}
+
+/// The keel-log stores of a node's groups: `<data-dir>/groups/<g>/log/`
+/// (keel-node's layout; `groups/<g>/` itself in servers before it).
+fn store_dirs(data_dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(data_dir.join("groups"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|g| {
+            let log = g.path().join("log");
+            if log.is_dir() { log } else { g.path() }
+        })
+        .collect()
 }
 
 /// Cuts each `<first-index>.log` in `dir` to the length in its

@@ -11,7 +11,8 @@ use keel_chaos::{Bug, Error, Options};
 const AFTER_HELP: &str = "\
 What it does:
   Starts N `keel server` processes, each in its own network namespace
-  (keelchaos-n1 ... on a bridge kcbr0, addresses 10.213.0.1 ...), runs
+  (keelchaos-n1 ... on a bridge kcbr0, addresses 10.213.0.1 ...; spare
+  slots for the membership nemesis after them, not started), runs
   clients that append unique values and read, and cycles through the
   nemeses until --duration has passed. Each phase: --quiet of calm, the
   fault, --hold, the heal, then the time until an append is acknowledged
@@ -36,6 +37,21 @@ Nemeses (--nemeses, comma separated, or `all`):
   lose-unsynced-minority  kill -9 a minority, cut every segment back to its
                           last completed fdatasync (a power loss)
   lose-unsynced-all       the same on every node at once
+  membership              run-time membership changes until the hold ends:
+                          a spare node joins (`keel server --join`) and is
+                          promoted or stays a learner, `members add` as a
+                          voter, promote, demote, remove (the leader a third
+                          of the time), replace one or two voters in one
+                          joint change; voters stay within --nodes ..=
+                          --nodes + 2; half the time another enabled
+                          nemesis runs meanwhile. After it (and at the end)
+                          the runner follows the committed configuration:
+                          nodes that left are stopped (their directories
+                          are wiped before they ever join again)
+
+The faults act on the current members; the final check compares the
+members of the final configuration (removed nodes are not compared; their
+acknowledged appends must still be in the log).
 
 Requirements:
   A keel binary built with the test-only feature, which records what each
@@ -48,13 +64,17 @@ Requirements:
 Output: progress on stderr; the summary table on stdout and in
 <work-dir>/summary.md; the history in <work-dir>/history.jsonl (one
 operation per line: invocation and completion times in microseconds,
-outcome ok / fail / unknown); server logs in <work-dir>/n<i>.log.
+outcome ok / fail / unknown); the membership changes in
+<work-dir>/membership.jsonl (action, outcome ok / failed / unknown, the
+answer); server logs in <work-dir>/n<i>.log.
 Exit status: 0 if the checker found nothing, 1 if it found violations,
 2 if the run could not be set up.
 
 Examples:
   keel-chaos --duration 90s                      # every nemesis once
   keel-chaos --duration 30m --nodes 5            # a long run
+  keel-chaos --nemeses membership,kill-one,partition-leader --rounds 5
+                                                 # membership changes among crashes
   keel-chaos --nemeses lose-unsynced-all --bug skip-fsync --duration 20s
                                                  # show the checker failing";
 
@@ -128,9 +148,14 @@ struct Cli {
     /// keel-fault next to this program, else keel]
     #[arg(long, env = "KEEL_CHAOS_KEEL_BIN", value_name = "PATH")]
     keel_bin: Option<PathBuf>,
-    /// Cluster size (3, 5 or 7).
+    /// Cluster size at the start: the founding members (3, 5 or 7).
     #[arg(long, default_value_t = 3)]
     nodes: usize,
+    /// Slots beyond --nodes that the membership nemesis starts with
+    /// `--join` (each its own namespace and address, 0 to 4). [default: 2
+    /// with the membership nemesis, else 0]
+    #[arg(long, value_name = "N")]
+    spare_nodes: Option<usize>,
     /// Concurrent client workers.
     #[arg(long, default_value_t = 6)]
     clients: usize,
@@ -213,12 +238,21 @@ fn main() -> ExitCode {
         .into_iter()
         .filter(|k| !(cli.no_network_faults && k.needs_partitions()))
         .collect();
+    let with_membership = nemeses.contains(&Kind::Membership);
+    let spare_nodes = cli
+        .spare_nodes
+        .unwrap_or(if with_membership { 2 } else { 0 });
+    if spare_nodes > 4 {
+        eprintln!("error: --spare-nodes must be between 0 and 4");
+        return ExitCode::from(2);
+    }
     let work_dir = cli
         .work_dir
         .unwrap_or_else(|| std::env::temp_dir().join(format!("keelchaos-{}", std::process::id())));
     let opts = Options {
         keel_bin: cli.keel_bin.unwrap_or_else(default_bin),
         nodes: cli.nodes,
+        spare_nodes,
         clients: cli.clients,
         duration: cli.duration,
         rounds: cli.rounds.filter(|&r| r > 0),
@@ -265,12 +299,18 @@ fn main() -> ExitCode {
         Some(Ok(o)) => o,
     };
     let md = format!(
-        "keel-chaos: {} nodes, {} clients, seed {}, bugs {:?}\n\n{}",
+        "keel-chaos: {} nodes{}, {} clients, seed {}, bugs {:?}\n\n{}{}",
         opts.nodes,
+        if opts.spare_nodes > 0 {
+            format!(" (+{} spare)", opts.spare_nodes)
+        } else {
+            String::new()
+        },
         opts.clients,
         opts.seed,
         opts.bugs,
-        outcome.report.to_markdown()
+        outcome.report.to_markdown(),
+        outcome.membership_summary()
     );
     println!("{md}");
     let _ = std::fs::write(work_dir.join("summary.md"), &md);
@@ -279,6 +319,9 @@ fn main() -> ExitCode {
             "report": outcome.report,
             "phases": outcome.phases,
             "history": outcome.history_path,
+            "membership": outcome.membership,
+            "final_config": outcome.final_config,
+            "notes": outcome.notes,
         });
         if let Err(e) = std::fs::write(p, json.to_string()) {
             eprintln!("error: cannot write {}: {e}", p.display());

@@ -1,10 +1,16 @@
 //! The faults: what each nemesis does when injected, and how it is undone.
+//!
+//! Every fault acts on the nodes the runner takes for members at the time
+//! (`Cluster::member_ids`; the founding nodes until the membership nemesis
+//! changes the configuration): partitions split them, kill-minority kills
+//! a minority of the voters, kill-all kills every member. The membership
+//! nemesis itself lives in `membership.rs`.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::Error;
-use crate::cluster::{Cluster, node_client};
+use crate::cluster::{Cluster, Role, node_client};
 use crate::net::{Cut, Net};
 use crate::rng::Rng;
 
@@ -22,16 +28,18 @@ pub enum Kind {
     PauseFollower,
     LoseUnsyncedMinority,
     LoseUnsyncedAll,
+    Membership,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::PartitionHalves,
         Kind::KillOne,
         Kind::PauseLeader,
         Kind::PartitionLeader,
         Kind::LoseUnsyncedMinority,
         Kind::PartitionRing,
+        Kind::Membership,
         Kind::KillMinority,
         Kind::PauseFollower,
         Kind::PartitionBridge,
@@ -54,6 +62,7 @@ impl Kind {
             Kind::PauseFollower => "pause-follower",
             Kind::LoseUnsyncedMinority => "lose-unsynced-minority",
             Kind::LoseUnsyncedAll => "lose-unsynced-all",
+            Kind::Membership => "membership",
         }
     }
 
@@ -80,11 +89,11 @@ pub enum Undo {
     Resume(Vec<usize>),
 }
 
-/// The leader as the running nodes see it (the answer with the highest
+/// The leader as the running members see it (the answer with the highest
 /// term), if any answers within a second.
 pub async fn find_leader(cl: &Cluster, net: &Net) -> Option<usize> {
     let mut best: Option<(u64, usize)> = None;
-    for id in 1..=cl.len() {
+    for id in cl.member_ids() {
         if !cl.is_running(id) || cl.is_paused(id) {
             continue;
         }
@@ -193,23 +202,60 @@ pub fn partition(
     (cuts, desc)
 }
 
-/// Injects a fault; returns how to undo it and what was done.
+/// A partition of the nodes `ids` (the current members): the shapes of
+/// [`partition`] over positions `1..=ids.len()`, mapped to the ids.
+pub fn partition_of(
+    kind: Kind,
+    ids: &[usize],
+    leader: Option<usize>,
+    rng: &mut Rng,
+) -> (BTreeSet<Cut>, String) {
+    let pos = |id: usize| ids.iter().position(|&x| x == id).map(|p| p + 1);
+    let (cuts, desc) = partition(kind, ids.len(), leader.and_then(pos), rng);
+    if ids.iter().enumerate().all(|(i, &id)| id == i + 1) {
+        return (cuts, desc);
+    }
+    let cuts = cuts
+        .into_iter()
+        .map(|(a, b)| (ids[a - 1], ids[b - 1]))
+        .collect();
+    (cuts, format!("{desc} (positions in members {ids:?})"))
+}
+
+/// Injects a fault on the current members; returns how to undo it and
+/// what was done.
 pub async fn inject(
     kind: Kind,
     cl: &mut Cluster,
     net: &Net,
     rng: &mut Rng,
 ) -> Result<(Undo, String), Error> {
-    let n = cl.len();
+    let ids = cl.member_ids();
+    let n = ids.len();
+    if n == 0 {
+        return Err(Error::Fault("no members to inject a fault on".into()));
+    }
     let leader = find_leader(cl, net).await;
-    let minority = (n - 1) / 2;
+    // A minority of the voters (as of the last configuration read), so a
+    // quorum survives; learners are never counted.
+    let voters: Vec<usize> = {
+        let v: Vec<usize> = cl
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| ids.contains(v))
+            .collect();
+        if v.is_empty() { ids.clone() } else { v }
+    };
+    let minority = (voters.len() - 1) / 2;
+    let random = |rng: &mut Rng, from: &[usize]| from[rng.below(from.len() as u64) as usize];
     let pick_one = |rng: &mut Rng| match leader {
         Some(l) if rng.below(2) == 0 => l,
-        _ => 1 + rng.below(n as u64) as usize,
+        _ => random(rng, &ids),
     };
     match kind {
         k if k.needs_partitions() => {
-            let (cuts, desc) = partition(k, n, leader, rng);
+            let (cuts, desc) = partition_of(k, &ids, leader, rng);
             net.apply(&cuts)?;
             Ok((Undo::Heal, desc))
         }
@@ -219,9 +265,11 @@ pub async fn inject(
             Ok((Undo::Restart(vec![x]), format!("kill -9 node {x}")))
         }
         Kind::KillMinority | Kind::LoseUnsyncedMinority => {
-            let mut order = shuffled(n, rng);
+            let mut order = voters.clone();
+            rng.shuffle(&mut order);
             // Half the time the leader is among the victims.
             if let Some(l) = leader
+                && order.contains(&l)
                 && rng.below(2) == 0
             {
                 order.retain(|&i| i != l);
@@ -231,17 +279,20 @@ pub async fn inject(
             kill_and_maybe_cut(cl, &victims, kind == Kind::LoseUnsyncedMinority, rng).await
         }
         Kind::KillAll | Kind::LoseUnsyncedAll => {
-            let victims: Vec<usize> = (1..=n).collect();
-            kill_and_maybe_cut(cl, &victims, kind == Kind::LoseUnsyncedAll, rng).await
+            kill_and_maybe_cut(cl, &ids, kind == Kind::LoseUnsyncedAll, rng).await
         }
         Kind::PauseLeader => {
-            let x = leader.unwrap_or_else(|| 1 + rng.below(n as u64) as usize);
+            let x = leader.unwrap_or_else(|| random(rng, &ids));
             cl.pause(x);
             Ok((Undo::Resume(vec![x]), format!("SIGSTOP leader {x}")))
         }
         Kind::PauseFollower => {
-            let followers: Vec<usize> = (1..=n).filter(|&i| Some(i) != leader).collect();
-            let x = followers[rng.below(followers.len() as u64) as usize];
+            let mut followers: Vec<usize> =
+                ids.iter().copied().filter(|&i| Some(i) != leader).collect();
+            if followers.is_empty() {
+                followers = ids.clone();
+            }
+            let x = random(rng, &followers);
             cl.pause(x);
             Ok((Undo::Resume(vec![x]), format!("SIGSTOP follower {x}")))
         }
@@ -293,13 +344,16 @@ async fn kill_and_maybe_cut(
     Ok((Undo::Restart(victims.to_vec()), desc))
 }
 
-/// Undoes a fault.
+/// Undoes a fault. A killed node that meanwhile left the configuration
+/// (the membership nemesis retired it) stays down.
 pub fn undo(u: &Undo, cl: &mut Cluster, net: &Net) -> Result<(), Error> {
     match u {
         Undo::Heal => net.apply(&BTreeSet::new()),
         Undo::Restart(ids) => {
             for &i in ids {
-                cl.start(net, i)?;
+                if cl.role(i) == Role::Member {
+                    cl.start(net, i)?;
+                }
             }
             Ok(())
         }

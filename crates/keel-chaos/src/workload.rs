@@ -1,10 +1,15 @@
 //! Concurrent clients: each worker appends unique values (`w<worker>-<n>`)
 //! and reads single offsets and ranges (linearizable reads), recording
 //! every operation. Each worker has its own `keel-client` (its own
-//! connections and leader discovery) over every node's address.
+//! connections and leader discovery) over the members' client addresses.
+//! When the membership nemesis changes who the members are, the runner
+//! publishes the new list ([`Shared::set_endpoints`]) and each worker makes
+//! a new client over it before its next operation; meanwhile the client
+//! turns away from a removed or stopped node by itself (it refuses
+//! connections, or answers that it knows no leader).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,21 +27,42 @@ pub struct Shared {
     /// Highest offset acknowledged so far (+1), to aim reads.
     pub acked_end: AtomicU64,
     pub next_id: AtomicU64,
+    /// The client addresses of the members, and a generation that changes
+    /// with them.
+    endpoints: Mutex<(u64, Vec<String>)>,
 }
 
 impl Shared {
-    pub fn new() -> Arc<Shared> {
+    pub fn new(endpoints: Vec<String>) -> Arc<Shared> {
         Arc::new(Shared {
             start: Instant::now(),
             stop: AtomicBool::new(false),
             phase: AtomicUsize::new(0),
             acked_end: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
+            endpoints: Mutex::new((0, endpoints)),
         })
     }
 
     pub fn now_us(&self) -> u64 {
         self.start.elapsed().as_micros() as u64
+    }
+
+    /// The members' client addresses and their generation.
+    pub fn endpoints(&self) -> (u64, Vec<String>) {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Publishes a new member list (a no-op when it did not change).
+    pub fn set_endpoints(&self, list: Vec<String>) {
+        let mut e = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        if e.1 != list && !list.is_empty() {
+            e.0 += 1;
+            e.1 = list;
+        }
     }
 }
 
@@ -139,16 +165,24 @@ async fn read(sh: &Shared, client: &Client, who: &str, from: u64, to: u64) -> Op
 }
 
 /// A worker: runs until `stop`, returns its operations.
-pub async fn worker(sh: Arc<Shared>, endpoints: Vec<String>, w: usize, seed: u64) -> Vec<Op> {
+pub async fn worker(sh: Arc<Shared>, w: usize, seed: u64) -> Vec<Op> {
     let mut rng = Rng::new(seed ^ (w as u64).wrapping_mul(0x51_7cc1_b727_220a));
     let mut ops = Vec::new();
     let who = format!("w{w}");
-    let client = match client_for(&endpoints) {
+    let (mut generation, endpoints) = sh.endpoints();
+    let mut client = match client_for(&endpoints) {
         Ok(c) => c,
         Err(_) => return ops,
     };
     let mut n = 0u64;
     while !sh.stop.load(Ordering::Relaxed) {
+        let (g, endpoints) = sh.endpoints();
+        if g != generation
+            && let Ok(c) = client_for(&endpoints)
+        {
+            generation = g;
+            client = c;
+        }
         let hi = sh.acked_end.load(Ordering::Relaxed) + 2;
         let op = match rng.below(10) {
             0..=5 => {
