@@ -698,3 +698,79 @@ fn a_peer_that_connects_again_retires_its_old_connection() {
         other => panic!("the new connection did not stay open: {other:?}"),
     }
 }
+
+/// `keel bench --stop-file` ends the measurement when the file appears, and
+/// `--latency-log` has one line per measured operation (send time in µs
+/// since the Unix epoch, latency in µs), the figures `benchmarks/catch-up.sh`
+/// cuts its windows from.
+#[test]
+fn bench_stops_at_the_stop_file_and_logs_every_latency() {
+    let c = Cluster::start(1, "bench-stop");
+    let rt = rt();
+    let _enter = rt.enter();
+    rt.block_on(c.wait_leader(Duration::from_secs(15)));
+    let stop = c.root.0.join("stop");
+    let log = c.root.0.join("latencies");
+    let endpoints = c.endpoints();
+    let started = Instant::now();
+    let child = keel_spawn(&[
+        "bench",
+        "--endpoints",
+        &endpoints,
+        "--clients",
+        "4",
+        "--size",
+        "100",
+        "--warmup",
+        "0s",
+        "--duration",
+        "60s",
+        "--stop-file",
+        stop.to_str().unwrap(),
+        "--latency-log",
+        log.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let touched_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    std::fs::write(&stop, b"").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "bench failed: {}", stderr(&o));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the stop file did not end the run"
+    );
+    let out: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let secs = out["duration_s"].as_f64().unwrap();
+    assert!(secs > 0.5 && secs < 10.0, "measured {secs} s");
+    let records = out["records"].as_u64().unwrap();
+    assert!(records > 0);
+    let lines: Vec<(u64, u64)> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut f = l.split(' ').map(|x| x.parse::<u64>().unwrap());
+            (f.next().unwrap(), f.next().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        lines.len() as u64,
+        records,
+        "one line per measured operation"
+    );
+    assert!(
+        lines.windows(2).all(|w| w[0].0 <= w[1].0),
+        "sorted by send time"
+    );
+    // Sent before the stop file appeared (give the clock a second of slack).
+    assert!(
+        lines
+            .iter()
+            .all(|&(sent, _)| sent <= touched_us + 1_000_000)
+    );
+    assert!(lines.iter().all(|&(_, lat)| lat > 0));
+}

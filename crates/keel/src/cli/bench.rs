@@ -3,11 +3,18 @@
 //! distinct key), wait for the acknowledgement, and send the next, for a
 //! duration after a warm-up. Prints records/s, MB/s and the latency
 //! percentiles. The same loop drives keel and etcd, so the figures compare.
+//!
+//! For scripts that measure around an event (a node joining, say):
+//! `--stop-file` ends the measurement when a file appears, and
+//! `--latency-log` writes every measured operation's send time and latency,
+//! so that any part of the window can be cut out afterwards
+//! (`benchmarks/catch-up.sh` does both).
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use keel_client::{Client, ClientOptions};
@@ -66,6 +73,16 @@ pub struct BenchArgs {
     /// Show the progress bar even when stderr is not a terminal.
     #[arg(long)]
     pub progress: bool,
+    /// End the measurement as soon as this file exists (checked every
+    /// 10 ms); `--duration` is then the longest it runs. The figures cover
+    /// the time measured until then.
+    #[arg(long, value_name = "PATH")]
+    pub stop_file: Option<PathBuf>,
+    /// After the run, write one line per operation acknowledged in the
+    /// measured window: when it was sent, in microseconds since the Unix
+    /// epoch, and its latency in microseconds (`1767225600123456 812`).
+    #[arg(long, value_name = "PATH")]
+    pub latency_log: Option<PathBuf>,
 }
 
 enum Conn {
@@ -141,12 +158,37 @@ pub async fn run(a: BenchArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("the first operation failed: {e}"))?;
 
+    if let Some(f) = &a.stop_file
+        && f.exists()
+    {
+        return Err(format!("--stop-file {} exists already", f.display()));
+    }
     let start = Instant::now();
+    // The wall clock at `start`, for the latency log.
+    let start_unix_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
     let measure_from = start + a.warmup;
     let end = measure_from + a.duration;
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    // Set once the stop file appeared: when, in µs after `start`.
+    let stopped_at = Arc::new(AtomicU64::new(u64::MAX));
+    let watcher = a.stop_file.clone().map(|f| {
+        let (stop, stopped_at) = (stop.clone(), stopped_at.clone());
+        tokio::spawn(async move {
+            while Instant::now() < end {
+                if f.exists() {
+                    stopped_at.store(start.elapsed().as_micros() as u64, Relaxed);
+                    stop.store(true, Relaxed);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    });
     let mut tasks = Vec::new();
     for c in 0..a.clients {
         let conn = conns[c % conns.len()].clone();
@@ -155,7 +197,8 @@ pub async fn run(a: BenchArgs) -> Result<(), String> {
         let errors = errors.clone();
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(1 << 16);
+            // (latency µs, sent µs after `start`)
+            let mut lat: Vec<(u32, u64)> = Vec::with_capacity(1 << 16);
             let mut i = 0u64;
             let mut last_err = None;
             while !stop.load(Relaxed) {
@@ -167,8 +210,11 @@ pub async fn run(a: BenchArgs) -> Result<(), String> {
                 match run_one(&conn, &payload, c as u64, i).await {
                     Ok(()) => {
                         let t1 = Instant::now();
-                        if t0 >= measure_from && t1 <= end {
-                            lat.push(t1.duration_since(t0).as_micros().min(u32::MAX as u128) as u32);
+                        if t0 >= measure_from && t1 <= end && !stop.load(Relaxed) {
+                            lat.push((
+                                t1.duration_since(t0).as_micros().min(u32::MAX as u128) as u32,
+                                t0.duration_since(start).as_micros() as u64,
+                            ));
                             done.fetch_add(1, Relaxed);
                         }
                     }
@@ -222,23 +268,45 @@ pub async fn run(a: BenchArgs) -> Result<(), String> {
             }
         })
     };
-    let mut lat = Vec::new();
+    let mut ops = Vec::new();
     let mut last_err = None;
     for t in tasks {
         let (l, e) = t.await.map_err(|e| format!("a client task failed: {e}"))?;
-        lat.extend(l);
+        ops.extend(l);
         if e.is_some() {
             last_err = e;
         }
     }
     stop.store(true, Relaxed);
     progress.abort();
+    if let Some(w) = watcher {
+        w.abort();
+    }
     if show {
         eprintln!();
     }
+    // What was measured: the whole --duration, or until the stop file.
+    let secs = match stopped_at.load(Relaxed) {
+        u64::MAX => a.duration.as_secs_f64(),
+        us => (Duration::from_micros(us).saturating_sub(a.warmup))
+            .min(a.duration)
+            .as_secs_f64(),
+    };
+    if let Some(path) = &a.latency_log {
+        ops.sort_unstable_by_key(|&(_, sent)| sent);
+        let f = std::fs::File::create(path)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let mut w = std::io::BufWriter::new(f);
+        for &(l, sent) in &ops {
+            writeln!(w, "{} {l}", start_unix_us + sent)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        w.flush()
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    let mut lat: Vec<u32> = ops.into_iter().map(|(l, _)| l).collect();
     lat.sort_unstable();
     let n = lat.len() as u64;
-    let secs = a.duration.as_secs_f64();
     let rps = n as f64 / secs;
     let mbps = rps * a.size as f64 / 1e6;
     let errs = errors.load(Relaxed);
