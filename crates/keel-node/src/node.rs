@@ -492,9 +492,14 @@ impl Node {
         let mut rc = Config::new(self.cfg.id, group);
         rc.election_tick = self.cfg.election_ticks;
         rc.heartbeat_tick = 1;
-        rc.max_msg_bytes = 4 << 20;
+        // A follower far behind (a node catching up) is sent at most 8 MiB
+        // in flight, in messages of up to 1 MiB: the leader reads and
+        // encodes that much at a time on the thread that also serves its
+        // clients (a 64 MiB window stalled them for 350-400 ms at the start
+        // of a catch-up, and the catch-up was no faster).
+        rc.max_msg_bytes = 1 << 20;
         rc.max_inflight_msgs = 512;
-        rc.max_inflight_bytes = 64 << 20;
+        rc.max_inflight_bytes = 8 << 20;
         if let Some(f) = &opts.raft {
             f(&mut rc);
         }

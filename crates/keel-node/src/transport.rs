@@ -475,6 +475,10 @@ async fn outbound(ctx: Arc<PeerContext>, to: NodeId, mut rx: mpsc::UnboundedRece
     }
 }
 
+/// Bytes encoded ahead of one write to a peer (a message larger than this
+/// still goes whole).
+const WRITE_CHUNK: usize = 1 << 20;
+
 /// Longest pause between two dials of an unreachable peer. Short, because
 /// a partition that heals costs up to one dial timeout plus this before
 /// the peers talk again; a dial is one SYN, so redialing is cheap.
@@ -618,18 +622,29 @@ async fn pump(
                 });
             }
         }
-        out.clear();
         let frames = msgs.len() as u64;
-        for msg in msgs.drain(..) {
-            let len = codec::encoded_len(&msg);
-            out.put_u32_le(len as u32);
-            codec::encode(&msg, &mut out);
+        let mut bytes = 0u64;
+        let mut pending = msgs.drain(..).peekable();
+        // Everything queued goes in as few writes as possible, but at most
+        // WRITE_CHUNK bytes are encoded ahead of a write: a burst of
+        // catch-up appends neither grows the buffer without bound nor holds
+        // the thread (which also serves clients) for the whole burst.
+        while pending.peek().is_some() {
+            out.clear();
+            while out.len() < WRITE_CHUNK
+                && let Some(msg) = pending.next()
+            {
+                let len = codec::encoded_len(&msg);
+                out.put_u32_le(len as u32);
+                codec::encode(&msg, &mut out);
+            }
+            wr.write_all(&out).await.map_err(|e| e.to_string())?;
+            bytes += out.len() as u64;
+            m.writes.fetch_add(1, Relaxed);
         }
-        wr.write_all(&out).await.map_err(|e| e.to_string())?;
         m.frames_sent.fetch_add(frames, Relaxed);
-        m.bytes_sent.fetch_add(out.len() as u64, Relaxed);
-        m.writes.fetch_add(1, Relaxed);
-        if out.capacity() > 8 << 20 {
+        m.bytes_sent.fetch_add(bytes, Relaxed);
+        if out.capacity() > 2 * WRITE_CHUNK {
             out = BytesMut::with_capacity(256 * 1024);
         }
     }
