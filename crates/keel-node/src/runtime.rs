@@ -573,6 +573,7 @@ impl<M: StateMachine> Driver<M> {
         match outcome {
             Ok(()) => {
                 self.metrics.fsync_latency.observe(w.submitted.elapsed());
+                self.metrics.disk_full.store(0, Relaxed);
                 self.core.write_done(w.id, WriteOutcome::Done);
                 true
             }

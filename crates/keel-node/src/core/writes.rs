@@ -26,7 +26,20 @@ use crate::state_machine::StateMachine;
 pub(crate) struct DiskFull {
     pub(crate) why: String,
     retry_at: u64,
+    /// The tick the disk was first found full (kept across retries).
+    since: u64,
+    /// Retries that found no space again since it was last logged.
+    quiet_retries: u64,
 }
+
+/// A retry handed out; the first write reported durable ends the episode.
+struct Retrying {
+    since: u64,
+    quiet_retries: u64,
+}
+
+/// Retries that fail silently between two "still full" warnings.
+const RETRIES_PER_WARNING: u64 = 30;
 
 #[derive(Default)]
 pub(crate) struct Writes {
@@ -35,6 +48,8 @@ pub(crate) struct Writes {
     /// Waiting for disk space, persist-id order (only while `disk_full`).
     deferred: VecDeque<Write>,
     pub(crate) disk_full: Option<DiskFull>,
+    /// The deferred writes were handed out again and none is back yet.
+    retrying: Option<Retrying>,
     /// The highest write reported durable and not yet told to raft.
     done_upto: Option<u64>,
     /// Writes that install a snapshot, handed out or deferred, not yet
@@ -110,6 +125,13 @@ impl<S: Storage, M: StateMachine> GroupCore<S, M> {
                             w.installs_in_flight -= 1;
                         }
                         w.done_upto = Some(id);
+                        if let Some(r) = w.retrying.take() {
+                            tracing::info!(
+                                group = self.group,
+                                waited_ticks = self.ticks - r.since,
+                                "disk space is available again: the writes that waited are durable"
+                            );
+                        }
                     }
                     // A write the driver forgot after a refusal for space,
                     // completed anyway: it is deferred and comes again.
@@ -142,8 +164,24 @@ impl<S: Storage, M: StateMachine> GroupCore<S, M> {
                 d.retry_at = retry_at;
             }
             None => {
-                tracing::warn!(group = self.group, error = %why, writes = self.writes.deferred.len(), "the disk is full: this node's writes wait (nothing lost, nothing acknowledged meanwhile) and proposals are refused; free space and it resumes by itself");
-                self.writes.disk_full = Some(DiskFull { why, retry_at });
+                let writes = self.writes.deferred.len();
+                let (since, quiet_retries) = match self.writes.retrying.take() {
+                    Some(r) if r.quiet_retries + 1 >= RETRIES_PER_WARNING => {
+                        tracing::warn!(group = self.group, error = %why, writes, waited_ticks = self.ticks - r.since, "the disk is still full; this node's writes wait for space");
+                        (r.since, 0)
+                    }
+                    Some(r) => (r.since, r.quiet_retries + 1),
+                    None => {
+                        tracing::warn!(group = self.group, error = %why, writes, "the disk is full: this node's writes wait (nothing lost, nothing acknowledged meanwhile) and proposals are refused; free space and it resumes by itself");
+                        (self.ticks, 0)
+                    }
+                };
+                self.writes.disk_full = Some(DiskFull {
+                    why,
+                    retry_at,
+                    since,
+                    quiet_retries,
+                });
             }
         }
     }
@@ -159,12 +197,17 @@ impl<S: Storage, M: StateMachine> GroupCore<S, M> {
         let w = &mut self.writes;
         w.drop_superseded();
         let writes: Vec<Write> = w.deferred.drain(..).collect();
-        w.disk_full = None;
+        if let Some(d) = w.disk_full.take() {
+            w.retrying = Some(Retrying {
+                since: d.since,
+                quiet_retries: d.quiet_retries,
+            });
+        }
         for wr in writes {
             w.in_flight.push_back(wr.clone());
             self.out.writes.push(wr);
         }
-        tracing::info!(
+        tracing::debug!(
             group = self.group,
             "trying the writes that waited for disk space again"
         );
