@@ -17,6 +17,8 @@ fn on(var: &str) -> bool {
     std::env::var(var).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
+/// Applies the log switches (`KEEL_FAULT_SYNC_RECORD`, `KEEL_FAULT_SKIP_FSYNC`)
+/// to a group's log options.
 pub fn apply_to_log(opts: &mut LogOptions) {
     let skip = on("KEEL_FAULT_SKIP_FSYNC");
     if skip {
@@ -27,6 +29,8 @@ pub fn apply_to_log(opts: &mut LogOptions) {
     }
 }
 
+/// Applies the raft switches (`KEEL_FAULT_ACK_BEFORE_PERSIST`,
+/// `KEEL_FAULT_COMMIT_OLD_TERM`) to a group's raft configuration.
 pub fn apply_to_raft(rc: &mut keel_raft::Config) {
     if on("KEEL_FAULT_ACK_BEFORE_PERSIST") {
         warn!("FAULT INJECTION: acknowledging before persisting");
