@@ -37,7 +37,11 @@ impl<S: Storage> Raft<S> {
         if transfer {
             self.transfer_campaign = Some(self.term);
         }
-        let term = if pre { self.term + 1 } else { self.term };
+        let term = if pre {
+            self.term.saturating_add(1)
+        } else {
+            self.term
+        };
         let me = self.cfg.id;
         self.votes.insert(me, true);
         if self.tally() == VoteResult::Won {

@@ -52,7 +52,7 @@ pub use ready::Ready;
 pub use rng::Rng;
 pub use snapshot::{SnapshotChunk, SnapshotMeta, StateMachine};
 pub use storage::{MemStorage, Storage};
-pub use types::{GroupId, HardState, Index, NONE, NodeId, Role, SoftState, Term};
+pub use types::{GroupId, HardState, Index, MAX_TERM, NONE, NodeId, Role, SoftState, Term};
 
 /// A raft log entry: one encoded batch (see `keel-format`).
 pub type Entry = keel_format::Batch;

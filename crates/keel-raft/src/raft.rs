@@ -97,6 +97,13 @@ pub struct Raft<S: Storage> {
     pub(crate) conf_events: Vec<crate::membership::ConfChangeEvent>,
     /// A snapshot arriving in chunks (follower).
     pub(crate) incoming_snapshot: Option<crate::snapshot_transfer::Incoming>,
+    /// Follower: the highest index the current leader has shown this node
+    /// holds (the end of an append it accepted in this term, or a snapshot
+    /// it installed). A heartbeat commits no further (or, when the log's
+    /// last entry is of the current term, no further than that entry): a
+    /// commit index alone proves nothing about the entries below it. Reset
+    /// with the term.
+    pub(crate) leader_shown: Index,
     /// Chunks received, for the driver to stage (follower).
     pub(crate) snapshot_chunks: Vec<crate::snapshot::SnapshotChunk>,
     /// A received snapshot the driver must install (follower).
@@ -165,6 +172,13 @@ impl<S: Storage> Raft<S> {
             .collect::<Result<Vec<_>, _>>()?;
 
         let hs = init.hard_state;
+        if hs.term >= crate::types::MAX_TERM {
+            return Err(Error::Storage(StorageError::Failed(format!(
+                "the saved term {} is beyond any a cluster reaches (the limit is {}): it came from a forged or corrupt message an earlier build accepted; restore this node's data from a replica",
+                hs.term,
+                crate::types::MAX_TERM
+            ))));
+        }
         let mut r = Raft {
             term: hs.term,
             vote: hs.vote,
@@ -182,6 +196,7 @@ impl<S: Storage> Raft<S> {
             waiting_change: None,
             conf_events: Vec::new(),
             incoming_snapshot: None,
+            leader_shown: 0,
             snapshot_chunks: Vec::new(),
             pending_install: None,
             progress: BTreeMap::new(),
@@ -389,6 +404,16 @@ impl<S: Storage> Raft<S> {
                 reason: format!(
                     "addressed from {} to {}, but this is node {}",
                     m.from, m.to, self.cfg.id
+                ),
+            });
+        }
+        if m.term >= crate::types::MAX_TERM {
+            return Err(Error::InvalidMessage {
+                from: m.from,
+                reason: format!(
+                    "term {} is beyond any a cluster reaches (the limit is {}): forged or corrupt",
+                    m.term,
+                    crate::types::MAX_TERM
                 ),
             });
         }
@@ -694,6 +719,7 @@ impl<S: Storage> Raft<S> {
         self.fail_reads();
         self.drop_waiting_change();
         self.incoming_snapshot = None;
+        self.leader_shown = 0;
         self.needs_flush = false;
     }
 
@@ -713,7 +739,9 @@ impl<S: Storage> Raft<S> {
     }
 
     pub(crate) fn become_candidate(&mut self) {
-        self.reset(self.term + 1);
+        // Below MAX_TERM (refused from messages and at start), so this
+        // cannot overflow in any run that could ever happen.
+        self.reset(self.term.saturating_add(1));
         self.vote = self.cfg.id;
         self.role = Role::Candidate;
         self.progress.clear();

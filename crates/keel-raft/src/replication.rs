@@ -281,6 +281,7 @@ impl<S: Storage> Raft<S> {
             if let Some(first) = self.log.append_from_leader(a.entries) {
                 self.configs_rewritten(first, configs);
             }
+            self.leader_shown = self.leader_shown.max(last_new);
             self.follower_commit_to(a.commit.min(last_new));
             self.send(
                 from,
@@ -323,7 +324,20 @@ impl<S: Storage> Raft<S> {
     }
 
     pub(crate) fn handle_heartbeat(&mut self, from: NodeId, commit: Index, read_seq: u64) {
-        self.follower_commit_to(commit);
+        // Only as far as we know our log matches this leader's: what it
+        // showed us in this term, or up to our last entry when that entry
+        // is of this term (only this term's leader makes such entries, so
+        // the log up to it is the leader's; this survives a restart). The
+        // leader sends min(commit, what we acknowledged), so a real
+        // heartbeat never needs more; a forged one commits nothing the
+        // leader does not hold.
+        let last = self.log.last_index();
+        let known = if self.log.last_term() == self.term {
+            last.max(self.leader_shown)
+        } else {
+            self.leader_shown
+        };
+        self.follower_commit_to(commit.min(known));
         self.send(from, MessageBody::HeartbeatResponse { read_seq });
     }
 }

@@ -257,6 +257,7 @@ impl<S: Storage> Raft<S> {
     /// Resets the log to the snapshot point and asks the driver to install.
     fn install(&mut self, meta: SnapshotMeta) {
         self.incoming_snapshot = None;
+        self.leader_shown = self.leader_shown.max(meta.index);
         self.log
             .reset_to_snapshot(meta.index, meta.term, meta.next_offset);
         self.base_membership = meta.membership.clone();

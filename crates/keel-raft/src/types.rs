@@ -12,6 +12,14 @@ pub type Index = u64;
 /// "No node": no vote cast, no leader known.
 pub const NONE: NodeId = 0;
 
+/// The first term no cluster reaches: one election per nanosecond would
+/// take 292 years to get here. A message that claims this term or a later
+/// one is forged or corrupt and is refused, so a term never wraps (a term
+/// that wrapped to 0 would leave a cluster leaderless for good: every node
+/// would have persisted the larger one). A hard state at or past it is
+/// refused at start.
+pub const MAX_TERM: Term = 1 << 63;
+
 /// What must be durable before a node may speak in a term: the term itself and
 /// the vote it cast in it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]

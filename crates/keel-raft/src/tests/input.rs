@@ -7,6 +7,111 @@ use proptest::prelude::*;
 use super::harness::*;
 use crate::*;
 
+fn heartbeat(from: NodeId, to: NodeId, term: Term, commit: Index) -> Message {
+    msg(
+        from,
+        to,
+        term,
+        MessageBody::Heartbeat {
+            commit,
+            read_seq: 0,
+        },
+    )
+}
+
+#[test]
+fn a_message_claiming_a_term_past_the_limit_is_refused_and_changes_nothing() {
+    let mut r = raft_with_log(2, 3, &[1, 1], 1, |_| {});
+    for term in [u64::MAX, MAX_TERM] {
+        let got = r.step(heartbeat(1, 2, term, 2));
+        assert!(
+            matches!(&got, Err(Error::InvalidMessage { from: 1, reason }) if reason.contains("beyond any a cluster reaches")),
+            "term {term}: {got:?}"
+        );
+        assert_eq!(r.term(), 1, "a refused term is not adopted");
+        assert!(!r.has_ready(), "nothing to persist or send");
+    }
+    // The largest term a cluster can hold is still accepted.
+    r.step(heartbeat(1, 2, MAX_TERM - 1, 0)).unwrap();
+    assert_eq!(r.term(), MAX_TERM - 1);
+}
+
+#[test]
+fn a_saved_term_past_the_limit_is_refused_at_start() {
+    let init = InitialState {
+        hard_state: HardState {
+            term: MAX_TERM,
+            vote: NONE,
+        },
+        membership: Membership::new([1, 2, 3], []),
+        applied: 0,
+    };
+    let got = Raft::new(cfg(1), MemStorage::new(), init, 1);
+    let Err(e) = got else {
+        panic!("a raft started at term {MAX_TERM}");
+    };
+    assert!(e.to_string().contains("restore this node's data"), "{e}");
+}
+
+#[test]
+fn a_heartbeat_commits_only_what_the_leader_has_shown_this_follower_holds() {
+    // Node 2 holds three entries of term 1, none known committed; node 1
+    // leads term 2 and has shown node 2 nothing yet.
+    let mut r = raft_with_log(2, 3, &[1, 1, 1], 2, |_| {});
+    r.step(heartbeat(1, 2, 2, 3)).unwrap();
+    drain(&mut r);
+    assert_eq!(
+        r.status().commit,
+        0,
+        "a commit index alone commits nothing (a forged heartbeat would commit a stale suffix)"
+    );
+    // The leader shows that index 1 matches (an empty append).
+    r.step(msg(
+        1,
+        2,
+        2,
+        MessageBody::Append(Append {
+            prev_index: 1,
+            prev_term: 1,
+            commit: 0,
+            entries: vec![],
+        }),
+    ))
+    .unwrap();
+    drain(&mut r);
+    r.step(heartbeat(1, 2, 2, 3)).unwrap();
+    drain(&mut r);
+    assert_eq!(r.status().commit, 1, "up to what was shown, no further");
+    // An entry of term 2 at index 2 replaces the stale suffix; from then on
+    // the log ends in the leader's term and heartbeats commit up to it.
+    r.step(msg(
+        1,
+        2,
+        2,
+        MessageBody::Append(Append {
+            prev_index: 1,
+            prev_term: 1,
+            commit: 0,
+            entries: vec![entry(2, 2, 1, b"x")],
+        }),
+    ))
+    .unwrap();
+    drain(&mut r);
+    r.step(heartbeat(1, 2, 2, 3)).unwrap();
+    drain(&mut r);
+    assert_eq!(r.status().commit, 2);
+}
+
+#[test]
+fn a_restarted_follower_whose_log_ends_in_the_current_term_commits_from_heartbeats() {
+    // After a restart nothing was shown in memory, but entries of the
+    // current term can only have come from its leader.
+    let mut r = raft_with_log(2, 3, &[1, 2, 2], 2, |_| {});
+    r.step(heartbeat(1, 2, 2, 3)).unwrap();
+    drain(&mut r);
+    assert_eq!(r.status().commit, 3);
+}
+
 #[test]
 fn a_message_for_another_group_is_refused_untouched() {
     let mut r = raft_with_log(1, 3, &[1], 1, |_| {});
