@@ -6,6 +6,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(["keel.proto", "etcd_kv.proto"], ["proto"])?;
-    tonic_prost_build::configure().bytes(".").compile_fds(fds)?;
+    // Every service decodes through `codec::LimitedCodec` (a bound on the
+    // records a message may carry, checked before decoding).
+    tonic_prost_build::configure()
+        .bytes(".")
+        .codec_path("crate::codec::LimitedCodec")
+        .compile_fds(fds)?;
     Ok(())
 }

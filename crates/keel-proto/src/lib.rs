@@ -6,12 +6,14 @@
 //! (`etcdserverpb.KV/Put`), so that keel and etcd are measured by the same
 //! load generator.
 
-#![allow(clippy::all)]
+pub mod codec;
 
+#[allow(clippy::all)]
 pub mod v1 {
     tonic::include_proto!("keel.v1");
 }
 
+#[allow(clippy::all)]
 pub mod etcd {
     tonic::include_proto!("etcdserverpb");
 }

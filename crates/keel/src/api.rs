@@ -29,8 +29,14 @@ use crate::log_service::LogService;
 
 /// Largest gRPC message accepted or sent (a request of many records).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
-/// Largest total payload of one Append request.
+/// Largest Append request, its records counted with
+/// [`RECORD_FRAMING_BYTES`] each (raised to fit one record of
+/// `--max-record-bytes` when that is larger).
 pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+/// What each record of a request counts for besides its payload: its
+/// framing on the wire and in the log, so that many empty records are not
+/// free.
+pub const RECORD_FRAMING_BYTES: usize = 16;
 const DEFAULT_MAX_RECORDS: usize = 10_000;
 const DEFAULT_MAX_BYTES: usize = 4 << 20;
 /// How long a membership change may take when the request does not say.
@@ -46,6 +52,8 @@ pub struct Api {
     group: Group<LogService>,
     directory: Arc<Directory>,
     max_record_bytes: usize,
+    /// Largest Append request (records counted with their framing).
+    max_request_bytes: usize,
     timeout: Duration,
     stop: watch::Receiver<bool>,
 }
@@ -66,6 +74,7 @@ impl Api {
             group,
             directory: node.directory().clone(),
             max_record_bytes: cfg.max_record_bytes,
+            max_request_bytes: MAX_REQUEST_BYTES.max(cfg.max_record_bytes + RECORD_FRAMING_BYTES),
             timeout: cfg.request_timeout,
             stop,
         }
@@ -73,8 +82,12 @@ impl Api {
 
     /// As a tonic service.
     pub fn into_service(self) -> KeelServer<Api> {
+        // A request within the counted limit is within this on the wire
+        // (protobuf frames a record in at most 6 bytes); larger ones are
+        // refused before they are decoded.
+        let decode_limit = self.max_request_bytes + (64 << 10);
         KeelServer::new(self)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(decode_limit)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
@@ -256,11 +269,13 @@ impl Keel for Api {
                     self.max_record_bytes
                 )));
             }
-            bytes += r.len();
+            bytes += r.len() + RECORD_FRAMING_BYTES;
         }
-        if bytes > MAX_REQUEST_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "the request carries {bytes} bytes of records; at most {MAX_REQUEST_BYTES} per append, split it"
+        if bytes > self.max_request_bytes {
+            return Err(Status::resource_exhausted(format!(
+                "the request's {} records count {bytes} bytes with their framing ({RECORD_FRAMING_BYTES} bytes each); at most {} per append: split it",
+                req.records.len(),
+                self.max_request_bytes
             )));
         }
         let count = req.records.len() as u32;

@@ -428,6 +428,83 @@ fn errors_are_clear() {
     assert!(stderr(&o).contains("belongs to node 1"), "{}", stderr(&o));
 }
 
+/// The peak resident memory of a process, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = st
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kb << 10
+}
+
+#[test]
+fn appends_of_too_many_records_are_refused_before_they_are_decoded() {
+    let mut c = Cluster::new(1, "limits", &[]);
+    c.nodes[0].start();
+    let rt = rt();
+    let _enter = rt.enter();
+    rt.block_on(c.wait_leader(Duration::from_secs(15)));
+    let pid = c.nodes[0].pid();
+    let before = peak_rss(pid);
+    rt.block_on(async {
+        let mut raw = keel_proto::v1::keel_client::KeelClient::connect(format!(
+            "http://{}",
+            c.nodes[0].client_addr
+        ))
+        .await
+        .unwrap()
+        .max_encoding_message_size(64 << 20);
+        // Eight million empty records: 16 MB on the wire, a quarter of a
+        // gigabyte once decoded.
+        let err = raw
+            .append(keel_proto::v1::AppendRequest {
+                log: 0,
+                records: vec![Bytes::new(); 8_000_000],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+        assert!(
+            err.message().contains("at most 100000 per request"),
+            "{}",
+            err.message()
+        );
+        // Under the record count but over the byte limit once each record's
+        // framing counts: 15.8 MB of payload in 99,000 records.
+        let err = raw
+            .append(keel_proto::v1::AppendRequest {
+                log: 0,
+                records: vec![Bytes::from(vec![b'r'; 160]); 99_000],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+        assert!(
+            err.message().contains("with their framing"),
+            "{}",
+            err.message()
+        );
+        // Nothing of either was appended, and the node goes on.
+        let ok = raw
+            .append(keel_proto::v1::AppendRequest {
+                log: 0,
+                records: vec![Bytes::from_static(b"after")],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ok.first_offset, 0);
+    });
+    let grown = peak_rss(pid).saturating_sub(before);
+    assert!(
+        grown < 128 << 20,
+        "the refused requests grew the server's peak memory by {} MiB",
+        grown >> 20
+    );
+}
+
 #[test]
 fn a_garbage_peer_is_disconnected_and_the_node_lives_on() {
     let c = Cluster::start(1, "garbage");
