@@ -240,14 +240,34 @@ impl Registry {
     }
 }
 
+/// Metrics connections served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 64;
+
 /// Serves `GET /metrics` (anything else: 404) until the task is dropped.
+/// At most [`MAX_CONNECTIONS`] at once; when accepting fails (out of file
+/// descriptors: EMFILE) it waits 50 ms before trying again instead of
+/// spinning, and says so at most every 10 s.
 pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut last_warning: Option<std::time::Instant> = None;
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            continue;
+        let mut sock = match listener.accept().await {
+            Ok((sock, _)) => sock,
+            Err(e) => {
+                if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, "accepting a metrics connection failed; trying again every 50 ms");
+                    last_warning = Some(std::time::Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue; // too many at once: closed (dropped) unanswered
         };
         let registry = registry.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut buf = vec![0u8; 2048];
             let mut n = 0;
             // Read the request head (bounded), then answer and close.
