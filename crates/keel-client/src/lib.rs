@@ -679,6 +679,10 @@ impl Core {
                         _ => self.rotate(),
                     }
                 }
+                // Refused for what it carries: sending it again cannot help.
+                Code::ResourceExhausted if st.metadata().get(keel_proto::REFUSED_KEY).is_some() => {
+                    return Err(rpc(st));
+                }
                 Code::Aborted | Code::ResourceExhausted => said = Some(st.message().to_string()),
                 Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal
                     if is_refused(&st) || st.message().contains("transport") =>
@@ -728,6 +732,12 @@ fn source_text(e: &dyn std::error::Error) -> String {
         src = x.source();
     }
     parts.join(": ")
+}
+
+/// Codes with which the server refuses an append request as a whole,
+/// for what it carries (nothing of it was appended).
+fn refuses_request(code: Code) -> bool {
+    matches!(code, Code::InvalidArgument | Code::ResourceExhausted)
 }
 
 /// Gathers queued appends into batches and sends each as one request, at
@@ -780,11 +790,25 @@ async fn batcher(core: Arc<Core>, mut rx: mpsc::UnboundedReceiver<AppendJob>) {
         tokio::spawn(async move {
             let mut records = Vec::with_capacity(count);
             let mut sizes = Vec::with_capacity(jobs.len());
-            for j in &mut jobs {
+            for j in &jobs {
                 sizes.push(j.records.len() as u64);
-                records.append(&mut j.records);
+                records.extend(j.records.iter().cloned());
             }
             let result = core.append_raw(records).await;
+            if jobs.len() > 1
+                && matches!(result, Err(ClientError::Rpc { code, .. }) if refuses_request(code))
+            {
+                // The server refuses a request whole, so one caller's bad
+                // record (too large, say) appended none of the batch: send
+                // each caller's records alone, in order, so that only the
+                // bad one fails.
+                for j in jobs {
+                    let r = core.append_raw(j.records).await;
+                    let _ = j.reply.send(r);
+                }
+                drop(permit);
+                return;
+            }
             drop(permit);
             let mut at = 0u64;
             for (j, n) in jobs.into_iter().zip(sizes) {

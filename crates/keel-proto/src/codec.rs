@@ -72,9 +72,14 @@ impl<U: Message + Default> Decoder for LimitedDecoder<U> {
         if let Some(n) = top_level_fields(buf.chunk(), limit)
             && n > limit
         {
-            return Err(Status::resource_exhausted(format!(
+            let mut st = Status::resource_exhausted(format!(
                 "the message carries more than {MAX_RECORDS_PER_MESSAGE} records; at most {MAX_RECORDS_PER_MESSAGE} per request: split it"
-            )));
+            ));
+            st.metadata_mut().insert(
+                crate::REFUSED_KEY,
+                tonic::metadata::MetadataValue::from_static("request"),
+            );
+            return Err(st);
         }
         U::decode(buf)
             .map(Some)

@@ -24,5 +24,10 @@ pub use v1::*;
 pub const LEADER_ADDR_KEY: &str = "keel-leader";
 /// Metadata key carrying the leader's node id on a not-leader error.
 pub const LEADER_ID_KEY: &str = "keel-leader-id";
+/// Metadata key on a RESOURCE_EXHAUSTED status that refuses a request for
+/// what it carries (too many records, too many bytes): sending it again
+/// cannot succeed; split it. Without the key, RESOURCE_EXHAUSTED is a
+/// passing condition (back-pressure, a full disk) worth retrying.
+pub const REFUSED_KEY: &str = "keel-refused";
 /// The default log (raft group).
 pub const DEFAULT_LOG: u64 = 0;

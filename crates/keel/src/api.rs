@@ -272,11 +272,16 @@ impl Keel for Api {
             bytes += r.len() + RECORD_FRAMING_BYTES;
         }
         if bytes > self.max_request_bytes {
-            return Err(Status::resource_exhausted(format!(
+            let mut st = Status::resource_exhausted(format!(
                 "the request's {} records count {bytes} bytes with their framing ({RECORD_FRAMING_BYTES} bytes each); at most {} per append: split it",
                 req.records.len(),
                 self.max_request_bytes
-            )));
+            ));
+            st.metadata_mut().insert(
+                keel_proto::REFUSED_KEY,
+                tonic::metadata::MetadataValue::from_static("request"),
+            );
+            return Err(st);
         }
         let count = req.records.len() as u32;
         match tokio::time::timeout(self.timeout, self.group.propose_many(req.records)).await {

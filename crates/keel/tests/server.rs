@@ -471,6 +471,10 @@ fn appends_of_too_many_records_are_refused_before_they_are_decoded() {
             "{}",
             err.message()
         );
+        assert!(
+            err.metadata().get(keel_proto::REFUSED_KEY).is_some(),
+            "marked as not worth retrying"
+        );
         // Under the record count but over the byte limit once each record's
         // framing counts: 15.8 MB of payload in 99,000 records.
         let err = raw
@@ -486,6 +490,7 @@ fn appends_of_too_many_records_are_refused_before_they_are_decoded() {
             "{}",
             err.message()
         );
+        assert!(err.metadata().get(keel_proto::REFUSED_KEY).is_some());
         // Nothing of either was appended, and the node goes on.
         let ok = raw
             .append(keel_proto::v1::AppendRequest {
@@ -503,6 +508,135 @@ fn appends_of_too_many_records_are_refused_before_they_are_decoded() {
         "the refused requests grew the server's peak memory by {} MiB",
         grown >> 20
     );
+}
+
+/// CPU time (user + system) a process has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at ")".
+    let rest = &st[st.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn out_of_file_descriptors_the_metrics_listener_waits_instead_of_spinning() {
+    let mut c = Cluster::new(1, "emfile", &[]);
+    c.nodes[0].start();
+    let rt = rt();
+    let _enter = rt.enter();
+    rt.block_on(c.wait_leader(Duration::from_secs(15)));
+    let pid = c.nodes[0].pid();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let prlimit = |soft: String| {
+        let o = std::process::Command::new("prlimit")
+            .args(["--pid", &pid.to_string(), &format!("--nofile={soft}:")])
+            .output()
+            .expect("run prlimit (util-linux)");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let o = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            "--nofile",
+            "--output",
+            "SOFT",
+            "--noheadings",
+        ])
+        .output()
+        .expect("run prlimit (util-linux)");
+    let soft = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    prlimit((open + 4).to_string());
+    // Idle connections: a few are accepted (and held for the 5 s read
+    // timeout), then every accept fails with EMFILE.
+    let held: Vec<std::net::TcpStream> = (0..24)
+        .map(|_| std::net::TcpStream::connect(&c.nodes[0].metrics_addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(pid) - t0;
+    // 2 s of a spinning loop is about 200 ticks; an idle node uses a few.
+    assert!(used < 40, "the node used {used} ticks of CPU in 2 s");
+    drop(held);
+    prlimit(soft);
+    // It serves metrics again once descriptors are free.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = std::net::TcpStream::connect(&c.nodes[0].metrics_addr).and_then(|mut s| {
+            use std::io::{Read, Write};
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        });
+        if let Ok(body) = &got
+            && body.contains("keel_")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no metrics after the limit was lifted: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        c.nodes[0]
+            .log()
+            .contains("accepting a metrics connection failed"),
+        "{}",
+        c.nodes[0].log()
+    );
+}
+
+#[test]
+fn one_callers_oversized_record_fails_only_that_caller_in_a_batch() {
+    let mut c = Cluster::new(1, "batchbad", &["--max-record-bytes", "1024"]);
+    c.nodes[0].start();
+    let rt = rt();
+    let _enter = rt.enter();
+    rt.block_on(c.wait_leader(Duration::from_secs(15)));
+    // A long linger: the eleven appends below travel in one request.
+    let cl = Client::new(ClientOptions {
+        endpoints: vec![c.nodes[0].client_addr.clone()],
+        linger: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .unwrap();
+    let results = rt.block_on(async {
+        let mut handles = Vec::new();
+        for i in 0..11 {
+            let cl = cl.clone();
+            let rec = if i == 5 {
+                Bytes::from(vec![b'x'; 2000])
+            } else {
+                Bytes::from(format!("ok {i}"))
+            };
+            handles.push(tokio::spawn(async move { cl.append(rec).await }));
+        }
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.unwrap());
+        }
+        out
+    });
+    let mut offsets = Vec::new();
+    for (i, r) in results.iter().enumerate() {
+        if i == 5 {
+            let e = r.as_ref().unwrap_err();
+            assert_eq!(e.code(), Some(tonic::Code::InvalidArgument), "{e}");
+            assert!(e.to_string().contains("1024"), "{e}");
+        } else {
+            offsets.push(*r.as_ref().unwrap_or_else(|e| panic!("append {i}: {e}")));
+        }
+    }
+    offsets.sort();
+    assert_eq!(offsets, (0..10).collect::<Vec<u64>>());
 }
 
 #[test]
