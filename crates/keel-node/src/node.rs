@@ -176,12 +176,36 @@ pub fn cluster_id_of(name: Option<&str>, peers: &BTreeMap<NodeId, String>) -> u6
     )
 }
 
+/// Creates `dir` and its missing parents, and fsyncs the parent of each
+/// directory it created, so that the new entries survive a crash (a group
+/// directory whose entry is lost takes its log with it).
+pub(crate) fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut p = dir;
+    while !p.exists() {
+        missing.push(p.to_path_buf());
+        match p.parent() {
+            Some(q) if !q.as_os_str().is_empty() => p = q,
+            _ => break,
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    for m in missing.iter().rev() {
+        let parent = match m.parent() {
+            Some(q) if !q.as_os_str().is_empty() => q,
+            _ => Path::new("."),
+        };
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
 fn lock_dir(path: &Path) -> Result<File, StartError> {
     let io = |source| StartError::DataDir {
         dir: path.to_path_buf(),
         source,
     };
-    std::fs::create_dir_all(path).map_err(io)?;
+    create_dir_durably(path).map_err(io)?;
     let mut lock = OpenOptions::new()
         .read(true)
         .write(true)
@@ -448,7 +472,7 @@ impl Node {
         let (log, snaps, sm, snapshot, mark, mark_file) = tokio::task::spawn_blocking(
             move || -> Result<_, StartError> {
                 let gerr = |reason: String| StartError::Group { group, reason };
-                std::fs::create_dir_all(&dir).map_err(|e| gerr(format!("{}: {e}", dir.display())))?;
+                create_dir_durably(&dir).map_err(|e| gerr(format!("{}: {e}", dir.display())))?;
                 let (log, report) = LogStore::open(&dir.join("log"), log_opts)
                     .map_err(|source| StartError::Log { group, source })?;
                 if let Some(t) = &report.torn_tail {
@@ -707,7 +731,7 @@ fn check_flags(cfg: &NodeConfig, c: &ClusterIdentity) -> Result<(), StartError> 
 /// (once: a log that already holds it is left alone).
 fn bootstrap_group(data_dir: &Path, group: GroupId, m: &Membership) -> Result<(), StartError> {
     let dir = group_dir(data_dir, group);
-    std::fs::create_dir_all(&dir).map_err(|e| StartError::Group {
+    create_dir_durably(&dir).map_err(|e| StartError::Group {
         group,
         reason: format!("{}: {e}", dir.display()),
     })?;
@@ -721,4 +745,29 @@ fn bootstrap_group(data_dir: &Path, group: GroupId, m: &Membership) -> Result<()
     }
     log.close();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directories_are_created_with_their_parents_and_a_file_in_the_way_is_an_error() {
+        let base = std::env::temp_dir().join(format!("keel-durable-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let deep = base.join("groups").join("7");
+        create_dir_durably(&deep).unwrap();
+        assert!(deep.is_dir());
+        create_dir_durably(&deep).unwrap(); // already there: fine
+        std::fs::write(base.join("file"), b"x").unwrap();
+        let err = create_dir_durably(&base.join("file").join("g")).unwrap_err();
+        assert!(
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::NotADirectory | std::io::ErrorKind::AlreadyExists
+            ),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }
