@@ -209,11 +209,30 @@ impl<S: Storage> RaftLog<S> {
     /// Follower side of AppendEntries once `prev` matched: skips entries we
     /// already hold, truncates at the first conflict and appends the rest.
     /// Returns the first index that was (re)written, if any.
-    pub(crate) fn append_from_leader(&mut self, mut entries: Vec<Entry>) -> Option<Index> {
-        let pos = entries
+    ///
+    /// Refuses (changing nothing) entries whose user offsets do not continue
+    /// the log where they attach: a leader's entries always do (offsets
+    /// follow from the log), so such a message is forged or corrupt, and
+    /// storing it would fail the store.
+    pub(crate) fn append_from_leader(
+        &mut self,
+        mut entries: Vec<Entry>,
+    ) -> Result<Option<Index>, String> {
+        let Some(pos) = entries
             .iter()
-            .position(|e| !self.match_term(e.index(), e.term()))?;
+            .position(|e| !self.match_term(e.index(), e.term()))
+        else {
+            return Ok(None);
+        };
         let first = entries[pos].index();
+        if let Some(expect) = self.end_offset_at(first - 1)
+            && entries[pos].base_offset() != expect
+        {
+            return Err(format!(
+                "entry {first} starts at offset {} where this log continues at offset {expect}",
+                entries[pos].base_offset()
+            ));
+        }
         self.truncate_from(first);
         debug_assert_eq!(first, self.last_index() + 1);
         // Contiguous and in term order (`check_incoming`): append in bulk.
@@ -222,7 +241,29 @@ impl<S: Storage> RaftLog<S> {
         self.next_offset = last.end_offset();
         self.mem_bytes += entries[pos..].iter().map(|e| e.len() as u64).sum::<u64>();
         self.mem.extend(entries.drain(pos..));
-        Some(first)
+        Ok(Some(first))
+    }
+
+    /// The user offset after entry `index`, when it can be told cheaply and
+    /// surely (the last entry, the snapshot point, an entry in the log);
+    /// `None` otherwise.
+    fn end_offset_at(&self, index: Index) -> Option<u64> {
+        if index == self.last_index() {
+            return Some(self.next_offset);
+        }
+        if index == 0 {
+            return Some(0);
+        }
+        if index < self.first_index() {
+            return match self.storage.snapshot() {
+                Some(s) if s.index == index => Some(s.next_offset),
+                _ => None,
+            };
+        }
+        self.slice(index, index + 1, u64::MAX)
+            .ok()?
+            .first()
+            .map(|e| e.end_offset())
     }
 
     /// Drops every entry at or after `index` (never committed ones).

@@ -271,15 +271,20 @@ impl<S: Storage> Raft<S> {
             .map_err(|reason| Error::InvalidMessage { from, reason })?;
         if self.log.match_term(a.prev_index, a.prev_term) {
             let last_new = a.prev_index + a.entries.len() as Index;
-            if let Some(ts) = a.entries.iter().map(|e| e.timestamp()).max() {
-                self.last_timestamp = self.last_timestamp.max(ts);
-            }
+            let newest = a.entries.iter().map(|e| e.timestamp()).max();
             // Decode configurations first: a bad one refuses the message
             // before anything changes.
             let configs = Self::decode_configs(&a.entries)
                 .map_err(|why| Error::InvalidMessage { from, reason: why })?;
-            if let Some(first) = self.log.append_from_leader(a.entries) {
+            if let Some(first) = self
+                .log
+                .append_from_leader(a.entries)
+                .map_err(|reason| Error::InvalidMessage { from, reason })?
+            {
                 self.configs_rewritten(first, configs);
+            }
+            if let Some(ts) = newest {
+                self.last_timestamp = self.last_timestamp.max(ts);
             }
             self.leader_shown = self.leader_shown.max(last_new);
             self.follower_commit_to(a.commit.min(last_new));

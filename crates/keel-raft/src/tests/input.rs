@@ -113,6 +113,54 @@ fn a_restarted_follower_whose_log_ends_in_the_current_term_commits_from_heartbea
 }
 
 #[test]
+fn an_append_whose_offsets_do_not_continue_the_log_is_refused_untouched() {
+    // Entries 1 and 2 hold offsets 0 and 1: the log continues at offset 2.
+    let mut r = raft_with_log(2, 3, &[1, 1], 1, |_| {});
+    let append = |term: Term, base: u64| {
+        msg(
+            1,
+            2,
+            term,
+            MessageBody::Append(Append {
+                prev_index: 2,
+                prev_term: 1,
+                commit: 0,
+                entries: vec![entry(1, 3, base, b"x")],
+            }),
+        )
+    };
+    let got = r.step(append(1, 7));
+    assert!(
+        matches!(&got, Err(Error::InvalidMessage { from: 1, reason }) if reason.contains("continues at offset 2")),
+        "{got:?}"
+    );
+    assert_eq!(r.status().last_index, 2, "nothing appended");
+    // Replacing a suffix is checked against the entry it attaches to.
+    let got = r.step(msg(
+        1,
+        2,
+        2,
+        MessageBody::Append(Append {
+            prev_index: 1,
+            prev_term: 1,
+            commit: 0,
+            entries: vec![entry(2, 2, 5, b"y")],
+        }),
+    ));
+    assert!(matches!(got, Err(Error::InvalidMessage { .. })), "{got:?}");
+    assert_eq!(r.status().last_index, 2);
+    assert_eq!(
+        r.status().last_term,
+        1,
+        "the entry it would replace is kept"
+    );
+    // (The term of the refused message was adopted before its entries
+    // were looked at, as for any message of a newer term.)
+    r.step(append(2, 2)).unwrap();
+    assert_eq!(r.status().last_index, 3);
+}
+
+#[test]
 fn a_message_for_another_group_is_refused_untouched() {
     let mut r = raft_with_log(1, 3, &[1], 1, |_| {});
     let before = r.status();
