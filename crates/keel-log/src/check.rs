@@ -195,28 +195,22 @@ pub fn check_with(fs: &dyn Fs, dir: &Path) -> Result<CheckReport, LogError> {
                 r.problem(path.clone(), Some(*pos), reason.clone())
             }
             Some(Stop::Undecodable { pos, reason }) => {
-                let after = segment::find_valid_batch_after(&*file, len, *pos)
-                    .ok()
-                    .flatten();
-                match (is_last, after) {
-                    (true, None) => {
-                        r.torn_tail = Some(TornTail {
-                            file: path.clone(),
-                            offset: *pos,
-                            bytes: len - pos,
-                            reason: reason.clone(),
-                        })
-                    }
-                    (true, Some(at)) => r.problem(
-                        path.clone(),
-                        Some(*pos),
-                        format!("{reason}; a valid batch follows at byte {at}"),
-                    ),
-                    (false, _) => r.problem(
+                if is_last {
+                    // Open's rule: the last segment's first invalid batch
+                    // starts the tail a crash tore (open cuts it).
+                    r.torn_tail = Some(TornTail {
+                        file: path.clone(),
+                        offset: *pos,
+                        bytes: len - pos,
+                        reason: reason.clone(),
+                        copy: None,
+                    })
+                } else {
+                    r.problem(
                         path.clone(),
                         Some(*pos),
                         format!("{reason} (in a sealed segment)"),
-                    ),
+                    )
                 }
             }
         }

@@ -6,11 +6,15 @@
 //!   when it passes its checks, otherwise scanned in full (and the index
 //!   file rewritten). Every batch of a scanned sealed segment must be valid
 //!   up to the exact end of the file.
-//! - The last segment is always scanned in full. The first invalid batch in
-//!   it, when no valid batch follows anywhere after it in the file, is a
-//!   torn tail: the file is cut back to the end of the last valid batch, and
-//!   the cut is logged and reported. An invalid batch with a valid batch
-//!   after it is corruption.
+//! - The last segment is always scanned in full. Its first invalid batch
+//!   starts a torn tail: the writer appends in order and acknowledges a
+//!   write only once it and everything before it is fdatasynced, so nothing
+//!   from the first invalid batch on was acknowledged (it is the write a
+//!   crash interrupted; a power loss may have kept a later page of it and
+//!   not an earlier one). The tail is copied to `torn-<n>/` beside the
+//!   segments, then cut, logged and reported. No search for valid-looking
+//!   batches further on: a client payload can embed one, and crafted
+//!   headers made that search quadratic.
 //! - Any corruption, a gap between segments, a first segment that starts
 //!   after the floor recorded in `log.meta`, or a last segment that has an
 //!   index file (it was sealed, so its successor existed) fails the open
@@ -74,6 +78,58 @@ pub struct TornTail {
     /// Bytes after `offset` (cut on open; only reported by `check`).
     pub bytes: u64,
     pub reason: String,
+    /// Where open kept the bytes it cut (`None` from `check`, which cuts
+    /// nothing).
+    pub copy: Option<PathBuf>,
+}
+
+/// Directories holding the torn tails open cut: `torn-1`, `torn-2`, ...
+pub(crate) const TORN_PREFIX: &str = "torn-";
+
+/// Copies bytes `from..len` of the last segment into a new `torn-<n>/`
+/// directory beside it (durably) before open cuts them; returns the copy.
+fn keep_torn_tail(
+    fs: &dyn Fs,
+    dir: &Path,
+    segment: &Path,
+    file: &dyn FsFile,
+    from: u64,
+    len: u64,
+) -> Result<PathBuf, LogError> {
+    let names = fs.list(dir).map_err(io_err("list", dir))?;
+    let n = names
+        .iter()
+        .filter_map(|n| n.strip_prefix(TORN_PREFIX)?.parse::<u64>().ok())
+        .max()
+        .map_or(1, |m| m + 1);
+    let keep = dir.join(format!("{TORN_PREFIX}{n}"));
+    fs.create_dir_all(&keep)
+        .map_err(io_err("create directory", &keep))?;
+    let name = segment
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let copy = keep.join(format!("{name}.from-{from}"));
+    let dst = fs
+        .open(&copy, OpenMode::Create)
+        .map_err(io_err("create", &copy))?;
+    let mut buf = vec![0u8; (1 << 20).min((len - from) as usize)];
+    let mut at = from;
+    while at < len {
+        let want = ((len - at) as usize).min(buf.len());
+        let got =
+            crate::fs::read_full_at(file, &mut buf[..want], at).map_err(io_err("read", segment))?;
+        if got == 0 {
+            break;
+        }
+        crate::fs::write_all_at(&*dst, &mut [io::IoSlice::new(&buf[..got])], at - from)
+            .map_err(|p| LogError::io("write", &copy, p.error))?;
+        at += got as u64;
+    }
+    dst.sync_data().map_err(io_err("fsync", &copy))?;
+    fs.sync_dir(&keep).map_err(io_err("fsync", &keep))?;
+    fs.sync_dir(dir).map_err(io_err("fsync", dir))?;
+    Ok(copy)
 }
 
 pub(crate) struct Recovered {
@@ -332,23 +388,15 @@ pub(crate) fn recover(
                     file.set_len(pos).map_err(io_err("truncate", &path))?;
                     file.sync_data().map_err(io_err("fsync", &path))?;
                     report.zero_tail_bytes = len - pos;
-                } else if let Some(at) = segment::find_valid_batch_after(&*file, len, pos)
-                    .map_err(io_err("read", &path))?
-                {
-                    return Err(LogError::corrupt(
-                        &path,
-                        pos,
-                        format!(
-                            "{reason}; a valid batch follows at byte {at}, so this is not a torn write"
-                        ),
-                    ));
                 } else {
+                    let copy = keep_torn_tail(fs, dir, &path, &*file, pos, len)?;
                     warn!(
                         file = %path.display(),
                         offset = pos,
                         bytes_cut = len - pos,
+                        copy = %copy.display(),
                         %reason,
-                        "torn tail: cutting the last segment back to its last valid batch"
+                        "torn tail: cutting the last segment back to its last valid batch (the write a crash interrupted; nothing from there on was acknowledged); the bytes cut are kept in the copy"
                     );
                     file.set_len(pos).map_err(io_err("truncate", &path))?;
                     file.sync_data().map_err(io_err("fsync", &path))?;
@@ -357,6 +405,7 @@ pub(crate) fn recover(
                         offset: pos,
                         bytes: len - pos,
                         reason,
+                        copy: Some(copy),
                     });
                 }
             }

@@ -395,27 +395,16 @@ fn find_cut(
             Some(Stop::Rejected { pos, reason }) => {
                 return Ok(Some(cut_here(*pos, reason.clone())));
             }
-            Some(Stop::Undecodable { pos, reason }) => {
-                if !is_last {
-                    return Ok(Some(cut_here(
-                        *pos,
-                        format!("{reason} (in a sealed segment)"),
-                    )));
-                }
-                let zeros =
-                    segment::is_zero_from(&*file, len, *pos).map_err(io_err("read", &path))?;
-                if !zeros
-                    && let Some(at) = segment::find_valid_batch_after(&*file, len, *pos)
-                        .map_err(io_err("read", &path))?
-                {
-                    return Ok(Some(cut_here(
-                        *pos,
-                        format!("{reason}; a valid batch follows at byte {at}"),
-                    )));
-                }
-                // A torn tail or unwritten preallocated space: open cuts
-                // it; only a missing successor (below) makes it ours.
+            Some(Stop::Undecodable { pos, reason }) if !is_last => {
+                return Ok(Some(cut_here(
+                    *pos,
+                    format!("{reason} (in a sealed segment)"),
+                )));
             }
+            // The last segment: a torn tail or unwritten preallocated space,
+            // whatever follows: open cuts it (keeping a copy); only a
+            // missing successor (below) makes it ours.
+            Some(Stop::Undecodable { .. }) => {}
         }
         if !is_last && kept == 0 {
             return Ok(Some(cut_here(

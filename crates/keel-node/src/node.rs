@@ -476,7 +476,7 @@ impl Node {
                 let (log, report) = LogStore::open(&dir.join("log"), log_opts)
                     .map_err(|source| StartError::Log { group, source })?;
                 if let Some(t) = &report.torn_tail {
-                    warn!(group, file = %t.file.display(), bytes = t.bytes, "cut a torn tail left by a crash");
+                    warn!(group, file = %t.file.display(), bytes = t.bytes, copy = %t.copy.as_deref().map(|c| c.display().to_string()).unwrap_or_default(), "cut a torn tail left by a crash (the bytes cut are kept in the copy)");
                 }
                 let snaps = SnapshotStore::open(&dir.join("snapshot"))
                     .map_err(|e| gerr(format!("snapshots: {e}")))?;
