@@ -327,6 +327,13 @@ pub(crate) fn recover(
         let file = fs
             .open(&path, OpenMode::ReadWrite)
             .map_err(io_err("open", &path))?;
+        if is_last {
+            // Read what the device holds, not what the page cache kept
+            // of writes whose fsync failed (see `FsFile::drop_cache`).
+            if let Err(e) = file.drop_cache() {
+                warn!(file = %path.display(), error = %e, "could not drop the last segment's cached pages; reading it through the page cache");
+            }
+        }
         let len = file.size().map_err(io_err("stat", &path))?;
         if len > u32::MAX as u64 {
             return Err(LogError::corrupt(

@@ -170,6 +170,10 @@ impl FsFile for Recorded {
     fn size(&self) -> io::Result<u64> {
         self.inner.size()
     }
+
+    fn drop_cache(&self) -> io::Result<()> {
+        self.inner.drop_cache()
+    }
 }
 
 impl Fs for SyncRecordFs {

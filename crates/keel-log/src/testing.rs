@@ -35,6 +35,8 @@ struct Faults {
     filter: Option<String>,
     syncs: u64,
     writes: u64,
+    /// `drop_cache` calls, with the file name of each.
+    cache_drops: Vec<String>,
     /// Data syncs of affected files block while set.
     hold_syncs: bool,
     /// Syncs blocked by `hold_syncs` right now.
@@ -159,6 +161,11 @@ impl FaultFs {
         self.lock().writes
     }
 
+    /// The names of the files whose cached pages were dropped, in order.
+    pub fn cache_drops(&self) -> Vec<String> {
+        self.lock().cache_drops.clone()
+    }
+
     fn affects(&self, path: &Path) -> bool {
         match &self.lock().filter {
             None => true,
@@ -186,6 +193,7 @@ impl Fs for FaultFs {
         Ok(Arc::new(FaultFile {
             inner,
             affected: self.affects(path),
+            path: path.to_path_buf(),
             faults: self.faults.clone(),
             gate: self.gate.clone(),
         }))
@@ -216,6 +224,7 @@ impl Fs for FaultFs {
 struct FaultFile {
     inner: Arc<dyn FsFile>,
     affected: bool,
+    path: PathBuf,
     faults: Arc<Mutex<Faults>>,
     gate: Arc<Condvar>,
 }
@@ -323,6 +332,16 @@ impl FsFile for FaultFile {
 
     fn size(&self) -> io::Result<u64> {
         self.inner.size()
+    }
+
+    fn drop_cache(&self) -> io::Result<()> {
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.faults().cache_drops.push(name);
+        self.inner.drop_cache()
     }
 }
 
