@@ -19,7 +19,7 @@ use keel_node::{ChangeRequest, Group, GroupError, MemberChange as NodeChange, Me
 use keel_proto::v1::keel_server::{Keel, KeelServer};
 use keel_proto::v1::*;
 use keel_raft::{Membership, NONE, NodeId, Role};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
@@ -56,6 +56,11 @@ pub struct Api {
     max_request_bytes: usize,
     timeout: Duration,
     stop: watch::Receiver<bool>,
+    /// Appends and reads being served (`--max-requests`).
+    requests: Arc<Semaphore>,
+    /// Tail streams open (`--max-streams`).
+    streams: Arc<Semaphore>,
+    limits: (usize, usize),
 }
 
 impl Api {
@@ -77,7 +82,21 @@ impl Api {
             max_request_bytes: MAX_REQUEST_BYTES.max(cfg.max_record_bytes + RECORD_FRAMING_BYTES),
             timeout: cfg.request_timeout,
             stop,
+            requests: Arc::new(Semaphore::new(cfg.max_requests)),
+            streams: Arc::new(Semaphore::new(cfg.max_streams)),
+            limits: (cfg.max_requests, cfg.max_streams),
         }
+    }
+
+    /// A place among the requests served at once, or RESOURCE_EXHAUSTED
+    /// (a passing condition: clients retry).
+    fn request_slot(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.requests.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "node {} is serving {} requests at once, its limit (--max-requests); retry shortly",
+                self.node_id, self.limits.0
+            ))
+        })
     }
 
     /// As a tonic service.
@@ -253,6 +272,7 @@ impl Keel for Api {
         &self,
         request: Request<AppendRequest>,
     ) -> Result<Response<AppendResponse>, Status> {
+        let _slot = self.request_slot()?;
         let req = request.into_inner();
         self.check_log(req.log)?;
         if req.records.is_empty() {
@@ -299,6 +319,7 @@ impl Keel for Api {
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
+        let _slot = self.request_slot()?;
         let req = request.into_inner();
         self.check_log(req.log)?;
         if req.end_offset != 0 && req.end_offset <= req.start_offset {
@@ -357,10 +378,17 @@ impl Keel for Api {
     ) -> Result<Response<Self::TailStream>, Status> {
         let req = request.into_inner();
         self.check_log(req.log)?;
+        let slot = self.streams.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "node {} has {} tail streams open, its limit (--max-streams); close one or retry later",
+                self.node_id, self.limits.1
+            ))
+        })?;
         let g = self.group.clone();
         let (tx, rx) = mpsc::channel(8);
         let mut stop = self.stop.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut served = g.served();
             let mut next = req.start_offset;
             loop {

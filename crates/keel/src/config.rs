@@ -76,6 +76,14 @@ pub struct ServerArgs {
     /// Largest record accepted, in bytes. [default: 1048576]
     #[arg(long, env = "KEEL_MAX_RECORD_BYTES")]
     pub max_record_bytes: Option<usize>,
+    /// Client requests (appends, reads) served at once; more are answered
+    /// RESOURCE_EXHAUSTED at once (a client retries). [default: 4096]
+    #[arg(long, env = "KEEL_MAX_REQUESTS", value_name = "N")]
+    pub max_requests: Option<usize>,
+    /// Tail streams open at once; more are answered RESOURCE_EXHAUSTED.
+    /// [default: 1024]
+    #[arg(long, env = "KEEL_MAX_STREAMS", value_name = "N")]
+    pub max_streams: Option<usize>,
     /// How long a request may wait for a quorum before it fails with
     /// UNAVAILABLE, in milliseconds. [default: 5000]
     #[arg(long, env = "KEEL_REQUEST_TIMEOUT_MS")]
@@ -115,6 +123,8 @@ struct FileConfig {
     cluster_name: Option<String>,
     preferred_leader: Option<u64>,
     max_record_bytes: Option<usize>,
+    max_requests: Option<usize>,
+    max_streams: Option<usize>,
     request_timeout_ms: Option<u64>,
     tick_ms: Option<u64>,
     election_ticks: Option<u32>,
@@ -137,6 +147,10 @@ pub struct ServerConfig {
     pub cluster_name: Option<String>,
     pub preferred_leader: Option<u64>,
     pub max_record_bytes: usize,
+    /// Client requests served at once.
+    pub max_requests: usize,
+    /// Tail streams open at once.
+    pub max_streams: usize,
     pub request_timeout: Duration,
     pub tick: Duration,
     pub election_ticks: u32,
@@ -297,6 +311,13 @@ impl ServerConfig {
                 "max_record_bytes {max_record_bytes} is outside 1 ..= 33554432"
             )));
         }
+        let max_requests = args.max_requests.or(file.max_requests).unwrap_or(4096);
+        let max_streams = args.max_streams.or(file.max_streams).unwrap_or(1024);
+        for (name, v) in [("max_requests", max_requests), ("max_streams", max_streams)] {
+            if v == 0 || v > 1 << 20 {
+                return Err(bad(format!("{name} {v} is outside 1 ..= 1048576")));
+            }
+        }
         let tick_ms = args.tick_ms.or(file.tick_ms).unwrap_or(50);
         let election_ticks = args.election_ticks.or(file.election_ticks).unwrap_or(10);
         if tick_ms == 0 || election_ticks < 2 {
@@ -330,6 +351,8 @@ impl ServerConfig {
             cluster_name,
             preferred_leader,
             max_record_bytes,
+            max_requests,
+            max_streams,
             request_timeout: Duration::from_millis(timeout_ms.max(1)),
             tick: Duration::from_millis(tick_ms),
             election_ticks,

@@ -200,6 +200,10 @@ async fn serve_api(
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20))
+        // Per connection: a client that opens more streams waits for one
+        // to end (HTTP/2), besides the node-wide --max-requests and
+        // --max-streams, which refuse.
+        .max_concurrent_streams(Some(1024))
         .add_service(api.into_service())
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop_wait.wait_for(|s| *s).await;

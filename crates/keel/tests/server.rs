@@ -640,6 +640,80 @@ fn one_callers_oversized_record_fails_only_that_caller_in_a_batch() {
 }
 
 #[test]
+fn requests_and_streams_past_the_nodes_limits_are_refused_at_once() {
+    let mut c = Cluster::new(1, "slots", &["--max-requests", "1", "--max-streams", "2"]);
+    c.nodes[0].start();
+    let rt = rt();
+    let _enter = rt.enter();
+    rt.block_on(c.wait_leader(Duration::from_secs(15)));
+    let addr = format!("http://{}", c.nodes[0].client_addr);
+    rt.block_on(async {
+        let raw = keel_proto::v1::keel_client::KeelClient::connect(addr)
+            .await
+            .unwrap();
+        // Fifty appends at once against a limit of one: each holds its
+        // place until its fsync, so most of the others are refused.
+        let mut tasks = Vec::new();
+        for i in 0..50u32 {
+            let mut raw = raw.clone();
+            tasks.push(tokio::spawn(async move {
+                raw.append(keel_proto::v1::AppendRequest {
+                    log: 0,
+                    records: vec![Bytes::from(i.to_string())],
+                })
+                .await
+            }));
+        }
+        let (mut ok, mut refused) = (0, 0);
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(e) => {
+                    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+                    assert!(e.message().contains("--max-requests"), "{}", e.message());
+                    assert!(
+                        e.metadata().get(keel_proto::REFUSED_KEY).is_none(),
+                        "a passing condition: worth retrying"
+                    );
+                    refused += 1;
+                }
+            }
+        }
+        assert!(ok >= 1 && refused >= 1, "{ok} ok, {refused} refused");
+
+        // Two tails may be open; the third is refused until one closes.
+        let tail = |mut raw: keel_proto::v1::keel_client::KeelClient<_>| async move {
+            raw.tail(keel_proto::v1::TailRequest {
+                log: 0,
+                start_offset: 0,
+                ..Default::default()
+            })
+            .await
+        };
+        let t1 = tail(raw.clone()).await.unwrap().into_inner();
+        let _t2 = tail(raw.clone()).await.unwrap().into_inner();
+        let e = tail(raw.clone()).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+        assert!(e.message().contains("--max-streams"), "{}", e.message());
+        drop(t1);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match tail(raw.clone()).await {
+                Ok(_) => break,
+                Err(e) => {
+                    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+                    assert!(
+                        Instant::now() < deadline,
+                        "the closed tail's place never freed"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+}
+
+#[test]
 fn a_garbage_peer_is_disconnected_and_the_node_lives_on() {
     let c = Cluster::start(1, "garbage");
     let rt = rt();
