@@ -279,6 +279,32 @@ impl<M: StateMachine> Group<M> {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<(Vec<(u64, Bytes)>, u64), LogError> {
+        self.read_log(start, end, max_records, max_bytes, false)
+    }
+
+    /// Like [`read_records`](Self::read_records), but whole entries: every
+    /// record (below `end`) of each entry it reads, stopping after the
+    /// entry that reaches `max_bytes`. For a reader that hands records out
+    /// in smaller pieces (a tail stream): the records share the entry's
+    /// buffer, and an entry larger than a piece is read once, not once per
+    /// piece.
+    pub fn read_entries(
+        &self,
+        start: u64,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<(Vec<(u64, Bytes)>, u64), LogError> {
+        self.read_log(start, end, usize::MAX, max_bytes, true)
+    }
+
+    fn read_log(
+        &self,
+        start: u64,
+        end: u64,
+        max_records: usize,
+        max_bytes: usize,
+        whole: bool,
+    ) -> Result<(Vec<(u64, Bytes)>, u64), LogError> {
         let log = self.log.upgrade().ok_or(LogError::Closed)?;
         let served = self.served.borrow().end_offset;
         let end = end.min(served);
@@ -299,7 +325,7 @@ impl<M: StateMachine> Group<M> {
                         break 'outer;
                     }
                     if off >= next {
-                        if !out.is_empty() && bytes + r.len() > max_bytes {
+                        if !whole && !out.is_empty() && bytes + r.len() > max_bytes {
                             break 'outer;
                         }
                         bytes += r.len();
@@ -307,6 +333,9 @@ impl<M: StateMachine> Group<M> {
                     }
                 }
                 next = next.max(b.end_offset());
+                if whole && bytes >= max_bytes {
+                    break 'outer;
+                }
             }
         }
         Ok((out, served))

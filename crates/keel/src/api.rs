@@ -38,6 +38,12 @@ pub const MAX_REQUEST_BYTES: usize = 16 << 20;
 /// free.
 pub const RECORD_FRAMING_BYTES: usize = 16;
 const DEFAULT_MAX_RECORDS: usize = 10_000;
+/// A tail stream reads this much of the log at a time (whole entries)...
+const TAIL_READ_BYTES: usize = 4 << 20;
+/// ... and sends it in responses of about this much...
+const TAIL_MESSAGE_BYTES: usize = 1 << 20;
+/// ... with at most this many responses waiting for the client.
+const TAIL_MESSAGES: usize = 8;
 const DEFAULT_MAX_BYTES: usize = 4 << 20;
 /// How long a membership change may take when the request does not say.
 const DEFAULT_CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -385,32 +391,51 @@ impl Keel for Api {
             ))
         })?;
         let g = self.group.clone();
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = mpsc::channel(TAIL_MESSAGES);
         let mut stop = self.stop.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let mut served = g.served();
             let mut next = req.start_offset;
+            // Records read (whole entries) and not yet sent: a stream holds
+            // at most one read of TAIL_READ_BYTES (plus the rest of its last
+            // entry) besides its channel of TAIL_MESSAGES responses.
+            let mut pending: std::collections::VecDeque<(u64, bytes::Bytes)> =
+                std::collections::VecDeque::new();
             loop {
-                let end = served.borrow_and_update().end_offset;
-                if next < end {
-                    match g.read_records(next, u64::MAX, DEFAULT_MAX_RECORDS, 1 << 20) {
-                        Ok((recs, _)) if !recs.is_empty() => {
-                            next = recs.last().map(|(o, _)| o + 1).unwrap_or(next);
-                            let msg = TailResponse {
-                                records: to_records(recs),
-                            };
-                            if tx.send(Ok(msg)).await.is_err() {
+                if pending.is_empty() {
+                    let end = served.borrow_and_update().end_offset;
+                    if next < end {
+                        match g.read_entries(next, u64::MAX, TAIL_READ_BYTES) {
+                            Ok((recs, _)) => pending.extend(recs),
+                            Err(e) => {
+                                let _ = tx.send(Err(read_error(e))).await;
                                 return;
                             }
-                            continue;
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            let _ = tx.send(Err(read_error(e))).await;
-                            return;
                         }
                     }
+                }
+                if !pending.is_empty() {
+                    let mut recs = Vec::new();
+                    let mut bytes = 0usize;
+                    while let Some((_, r)) = pending.front() {
+                        if !recs.is_empty()
+                            && (bytes + r.len() > TAIL_MESSAGE_BYTES
+                                || recs.len() >= DEFAULT_MAX_RECORDS)
+                        {
+                            break;
+                        }
+                        bytes += r.len();
+                        recs.push(pending.pop_front().expect("front checked"));
+                    }
+                    next = recs.last().map(|(o, _)| o + 1).unwrap_or(next);
+                    let msg = TailResponse {
+                        records: to_records(recs),
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                    continue;
                 }
                 if req.no_follow {
                     return;

@@ -714,6 +714,61 @@ fn requests_and_streams_past_the_nodes_limits_are_refused_at_once() {
 }
 
 #[test]
+fn a_tail_sends_a_large_entry_in_pieces_in_order() {
+    let mut c = Cluster::new(1, "bigtail", &[]);
+    c.nodes[0].start();
+    let rt = rt();
+    let _enter = rt.enter();
+    rt.block_on(c.wait_leader(Duration::from_secs(15)));
+    let addr = format!("http://{}", c.nodes[0].client_addr);
+    rt.block_on(async {
+        let mut raw = keel_proto::v1::keel_client::KeelClient::connect(addr)
+            .await
+            .unwrap()
+            .max_decoding_message_size(64 << 20);
+        // 3,000 records of 2 KiB in one append: entries of up to 4 MiB,
+        // each larger than a tail response.
+        let recs: Vec<Bytes> = (0..3000u32)
+            .map(|i| {
+                let mut v = format!("{i:06}").into_bytes();
+                v.resize(2048, b'.');
+                Bytes::from(v)
+            })
+            .collect();
+        raw.append(keel_proto::v1::AppendRequest {
+            log: 0,
+            records: recs.clone(),
+        })
+        .await
+        .unwrap();
+        // Starting in the middle of the first entry.
+        let mut stream = raw
+            .tail(keel_proto::v1::TailRequest {
+                log: 0,
+                start_offset: 17,
+                no_follow: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut got = Vec::new();
+        let mut responses = 0;
+        while let Some(m) = stream.message().await.unwrap() {
+            responses += 1;
+            let bytes: usize = m.records.iter().map(|r| r.data.len()).sum();
+            assert!(bytes <= 1 << 20, "a response of {bytes} bytes");
+            got.extend(m.records);
+        }
+        assert!(responses >= 5, "{responses} responses");
+        let offsets: Vec<u64> = got.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, (17..3000).collect::<Vec<u64>>());
+        for r in &got {
+            assert_eq!(r.data, recs[r.offset as usize], "offset {}", r.offset);
+        }
+    });
+}
+
+#[test]
 fn a_garbage_peer_is_disconnected_and_the_node_lives_on() {
     let c = Cluster::start(1, "garbage");
     let rt = rt();
