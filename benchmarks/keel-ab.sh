@@ -38,43 +38,10 @@ BASE=${BENCH_DIR:-$PWD/target}
 mkdir -p "$BASE"
 WORK=$(mktemp -d "$BASE/keel-ab.XXXXXX")
 RESULTS=$WORK/results.jsonl
-PIDS=()
-
-stop_all() {
-    for p in "${PIDS[@]:-}"; do
-        [ -n "$p" ] && kill "$p" 2>/dev/null || true
-    done
-    for p in "${PIDS[@]:-}"; do
-        [ -n "$p" ] && wait "$p" 2>/dev/null || true
-    done
-    PIDS=()
-}
-cleanup() {
-    stop_all
-    rm -rf "$WORK/data"
-}
+# shellcheck source=lib/cluster.sh
+. benchmarks/lib/cluster.sh # (the script runs from the repository root)
 trap cleanup EXIT
-
-EPS=127.0.0.1:27070,127.0.0.1:27170,127.0.0.1:27270
-start() { # binary label
-    local peers="1=127.0.0.1:27071,2=127.0.0.1:27171,3=127.0.0.1:27271"
-    for i in 1 2 3; do
-        local b=$((27070 + 100 * (i - 1)))
-        "$1" server --id "$i" --data-dir "$WORK/data/$2$i" \
-            --client-addr "127.0.0.1:$b" --peer-addr "127.0.0.1:$((b + 1))" \
-            --metrics-addr "127.0.0.1:$((b + 2))" --peers "$peers" \
-            --log-level warn >"$WORK/$2$i.log" 2>&1 &
-        PIDS+=($!)
-    done
-    for _ in $(seq 100); do
-        if "$B" status --endpoints "$EPS" --output json --timeout 1s 2>/dev/null | grep -q '"role":"leader"'; then
-            return
-        fi
-        sleep 0.1
-    done
-    echo "build $2 did not elect a leader; see $WORK/$2*.log" >&2
-    exit 1
-}
+EPS=$KEEL3_EPS
 
 bench() { # label clients round
     local out
@@ -98,7 +65,7 @@ for round in $(seq "$ROUNDS"); do
         [ "$label" = B ] && bin=$B
         echo "== round $round: $label"
         rm -rf "$WORK/data"
-        start "$bin" "$label"
+        start_keel3 "$bin" "$label" "$B"
         for c in $CLIENTS; do bench "$label" "$c" "$round"; done
         stop_all
     done

@@ -42,21 +42,8 @@ BASE=${BENCH_DIR:-$PWD/target}
 mkdir -p "$BASE"
 WORK=$(mktemp -d "$BASE/keel-vs-etcd.XXXXXX")
 RESULTS=$WORK/results.jsonl
-PIDS=()
-
-stop_all() {
-    for p in "${PIDS[@]:-}"; do
-        [ -n "$p" ] && kill "$p" 2>/dev/null || true
-    done
-    for p in "${PIDS[@]:-}"; do
-        [ -n "$p" ] && wait "$p" 2>/dev/null || true
-    done
-    PIDS=()
-}
-cleanup() {
-    stop_all
-    rm -rf "$WORK/data"
-}
+# shellcheck source=lib/cluster.sh
+. benchmarks/lib/cluster.sh # (the script runs from the repository root)
 trap cleanup EXIT
 
 ETCD_EPS=127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793
@@ -91,26 +78,7 @@ etcd_leader() {
         awk -F', ' '$5 == "true" { print $1 }' | sed 's#http://##' | head -1
 }
 
-KEEL_EPS=127.0.0.1:27070,127.0.0.1:27170,127.0.0.1:27270
-start_keel() {
-    local peers="1=127.0.0.1:27071,2=127.0.0.1:27171,3=127.0.0.1:27271"
-    for i in 1 2 3; do
-        local b=$((27070 + 100 * (i - 1)))
-        "$KEEL" server --id "$i" --data-dir "$WORK/data/keel$i" \
-            --client-addr "127.0.0.1:$b" --peer-addr "127.0.0.1:$((b + 1))" \
-            --metrics-addr "127.0.0.1:$((b + 2))" --peers "$peers" \
-            --log-level warn >"$WORK/keel$i.log" 2>&1 &
-        PIDS+=($!)
-    done
-    for _ in $(seq 100); do
-        if "$KEEL" status --endpoints "$KEEL_EPS" --output json --timeout 1s 2>/dev/null | grep -q '"role":"leader"'; then
-            return
-        fi
-        sleep 0.1
-    done
-    echo "keel did not elect a leader; see $WORK/keel*.log" >&2
-    exit 1
-}
+KEEL_EPS=$KEEL3_EPS
 
 bench() { # target endpoints clients round
     local out
@@ -132,7 +100,7 @@ for round in $(seq "$ROUNDS"); do
     stop_all
     echo "== round $round: keel"
     rm -rf "$WORK/data"
-    start_keel
+    start_keel3 "$KEEL" keel "$KEEL"
     for c in $CLIENTS; do bench keel "$KEEL_EPS" "$c" "$round"; done
     stop_all
 done
