@@ -741,6 +741,16 @@ fn a_tail_sends_a_large_entry_in_pieces_in_order() {
         })
         .await
         .unwrap();
+        // An acknowledged append is served once the applied mark covers it:
+        // a linearizable read waits for that, a tail that does not follow
+        // does not.
+        raw.read(keel_proto::v1::ReadRequest {
+            log: 0,
+            start_offset: 2999,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
         // Starting in the middle of the first entry.
         let mut stream = raw
             .tail(keel_proto::v1::TailRequest {
