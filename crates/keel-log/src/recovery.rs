@@ -96,15 +96,7 @@ fn keep_torn_tail(
     from: u64,
     len: u64,
 ) -> Result<PathBuf, LogError> {
-    let names = fs.list(dir).map_err(io_err("list", dir))?;
-    let n = names
-        .iter()
-        .filter_map(|n| n.strip_prefix(TORN_PREFIX)?.parse::<u64>().ok())
-        .max()
-        .map_or(1, |m| m + 1);
-    let keep = dir.join(format!("{TORN_PREFIX}{n}"));
-    fs.create_dir_all(&keep)
-        .map_err(io_err("create directory", &keep))?;
+    let keep = crate::repair::new_backup_dir(fs, dir, TORN_PREFIX)?;
     let name = segment
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
@@ -128,7 +120,6 @@ fn keep_torn_tail(
     }
     dst.sync_data().map_err(io_err("fsync", &copy))?;
     fs.sync_dir(&keep).map_err(io_err("fsync", &keep))?;
-    fs.sync_dir(dir).map_err(io_err("fsync", dir))?;
     Ok(copy)
 }
 

@@ -197,7 +197,7 @@ pub fn repair_with(fs: &dyn Fs, dir: &Path) -> Result<RepairReport> {
     );
 
     // The backup directory, then the copies and moves.
-    let backup_dir = new_backup_dir(fs, dir)?;
+    let backup_dir = new_backup_dir(fs, dir, BACKUP_PREFIX)?;
     let mut report = RepairReport {
         dir: dir.to_path_buf(),
         before,
@@ -505,15 +505,16 @@ fn batch_at(file: &dyn FsFile, len: u64, pos: u64) -> io::Result<Option<Batch>> 
 
 const BACKUP_PREFIX: &str = "repair-";
 
-/// Creates `dir/repair-<n>` with the next unused `n`, durably.
-fn new_backup_dir(fs: &dyn Fs, dir: &Path) -> Result<PathBuf> {
+/// Creates `dir/<prefix><n>` with the next unused `n`, durably (repair's
+/// `repair-<n>`, open's `torn-<n>`).
+pub(crate) fn new_backup_dir(fs: &dyn Fs, dir: &Path, prefix: &str) -> Result<PathBuf> {
     let names = fs.list(dir).map_err(io_err("list", dir))?;
     let n = names
         .iter()
-        .filter_map(|n| n.strip_prefix(BACKUP_PREFIX)?.parse::<u64>().ok())
+        .filter_map(|n| n.strip_prefix(prefix)?.parse::<u64>().ok())
         .max()
         .map_or(1, |m| m + 1);
-    let path = dir.join(format!("{BACKUP_PREFIX}{n}"));
+    let path = dir.join(format!("{prefix}{n}"));
     fs.create_dir_all(&path)
         .map_err(io_err("create directory", &path))?;
     fs.sync_dir(dir).map_err(io_err("fsync", dir))?;

@@ -365,11 +365,8 @@ fn errors_are_clear() {
     assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
     assert!(t0.elapsed() < Duration::from_secs(10));
 
-    let mut c = Cluster::new(1, "errors", &["--max-record-bytes", "1024"]);
-    c.nodes[0].start();
-    let rt = rt();
+    let (mut c, rt) = one_node("errors", &["--max-record-bytes", "1024"]);
     let _enter = rt.enter();
-    rt.block_on(c.wait_leader(Duration::from_secs(15)));
     let ep = c.endpoints();
 
     // Oversize record.
@@ -428,6 +425,16 @@ fn errors_are_clear() {
     assert!(stderr(&o).contains("belongs to node 1"), "{}", stderr(&o));
 }
 
+/// A single-node cluster that has elected itself, and a runtime for the
+/// test's async parts.
+fn one_node(name: &str, args: &[&str]) -> (Cluster, tokio::runtime::Runtime) {
+    let mut c = Cluster::new(1, name, args);
+    c.nodes[0].start();
+    let rt = rt();
+    rt.block_on(c.wait_leader(Duration::from_secs(15)));
+    (c, rt)
+}
+
 /// The peak resident memory of a process, in bytes.
 fn peak_rss(pid: u32) -> u64 {
     let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -441,11 +448,8 @@ fn peak_rss(pid: u32) -> u64 {
 
 #[test]
 fn appends_of_too_many_records_are_refused_before_they_are_decoded() {
-    let mut c = Cluster::new(1, "limits", &[]);
-    c.nodes[0].start();
-    let rt = rt();
+    let (c, rt) = one_node("limits", &[]);
     let _enter = rt.enter();
-    rt.block_on(c.wait_leader(Duration::from_secs(15)));
     let pid = c.nodes[0].pid();
     let before = peak_rss(pid);
     rt.block_on(async {
@@ -521,11 +525,8 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 #[test]
 fn out_of_file_descriptors_the_metrics_listener_waits_instead_of_spinning() {
-    let mut c = Cluster::new(1, "emfile", &[]);
-    c.nodes[0].start();
-    let rt = rt();
+    let (c, rt) = one_node("emfile", &[]);
     let _enter = rt.enter();
-    rt.block_on(c.wait_leader(Duration::from_secs(15)));
     let pid = c.nodes[0].pid();
     let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -596,11 +597,8 @@ fn out_of_file_descriptors_the_metrics_listener_waits_instead_of_spinning() {
 
 #[test]
 fn one_callers_oversized_record_fails_only_that_caller_in_a_batch() {
-    let mut c = Cluster::new(1, "batchbad", &["--max-record-bytes", "1024"]);
-    c.nodes[0].start();
-    let rt = rt();
+    let (c, rt) = one_node("batchbad", &["--max-record-bytes", "1024"]);
     let _enter = rt.enter();
-    rt.block_on(c.wait_leader(Duration::from_secs(15)));
     // A long linger: the eleven appends below travel in one request.
     let cl = Client::new(ClientOptions {
         endpoints: vec![c.nodes[0].client_addr.clone()],
@@ -641,11 +639,8 @@ fn one_callers_oversized_record_fails_only_that_caller_in_a_batch() {
 
 #[test]
 fn requests_and_streams_past_the_nodes_limits_are_refused_at_once() {
-    let mut c = Cluster::new(1, "slots", &["--max-requests", "1", "--max-streams", "2"]);
-    c.nodes[0].start();
-    let rt = rt();
+    let (c, rt) = one_node("slots", &["--max-requests", "1", "--max-streams", "2"]);
     let _enter = rt.enter();
-    rt.block_on(c.wait_leader(Duration::from_secs(15)));
     let addr = format!("http://{}", c.nodes[0].client_addr);
     rt.block_on(async {
         let raw = keel_proto::v1::keel_client::KeelClient::connect(addr)
@@ -715,11 +710,8 @@ fn requests_and_streams_past_the_nodes_limits_are_refused_at_once() {
 
 #[test]
 fn a_tail_sends_a_large_entry_in_pieces_in_order() {
-    let mut c = Cluster::new(1, "bigtail", &[]);
-    c.nodes[0].start();
-    let rt = rt();
+    let (c, rt) = one_node("bigtail", &[]);
     let _enter = rt.enter();
-    rt.block_on(c.wait_leader(Duration::from_secs(15)));
     let addr = format!("http://{}", c.nodes[0].client_addr);
     rt.block_on(async {
         let mut raw = keel_proto::v1::keel_client::KeelClient::connect(addr)
